@@ -200,7 +200,6 @@ def _train_settings_from_args(args: argparse.Namespace):
 
 
 def _command_train(args: argparse.Namespace) -> int:
-    from fer_core.evaluation import evaluate_run
     from fer_core.paths import jobs_root, runs_root
     from fer_core.runs import create_run
     from fer_core.training import TrainSettings, train
@@ -225,9 +224,13 @@ def _command_train(args: argparse.Namespace) -> int:
         print(f"Submitted job {job_id}; follow it with 'fer-studio show {run_dir.name}' or in the dashboard")
         return 0
 
-    train(settings, run_dir)
-    metrics = evaluate_run(run_dir)
-    print(f"Finished {run_dir.name}: accuracy {metrics['accuracy']:.4f}")
+    result = train(settings, run_dir)
+    if result["status"] != "succeeded" or result["folds_completed"] == 0:
+        print(f"Run {run_dir.name} ended as {result['status']} after {result['folds_completed']} of "
+              f"{result['folds_total']} folds; continue it with 'fer-studio train --run-dir {run_dir}'")
+        return 1
+    print(f"Finished {run_dir.name}: accuracy {result['accuracy']:.4f} over {result['folds_completed']} folds")
+    print(f"See the results with 'fer-studio show {run_dir.name}'")
     return 0
 
 
