@@ -130,7 +130,7 @@ def _command_prepare(args: argparse.Namespace) -> int:
                                selection=args.selection, workers=args.workers)
 
     def report_progress(done: int, total: int) -> None:
-        if done == total or done % 25 == 0:
+        if done == total or done % 10 == 0 or total < 50:
             print(f"\r{done}/{total} photographs", end="" if done < total else "\n", file=sys.stderr)
 
     prepared = prepare_dataset(table, settings, progress=report_progress)
@@ -217,19 +217,22 @@ def _command_train(args: argparse.Namespace) -> int:
 
     if args.background:
         from fer_core.jobs import JobSpec, get_runner
+        from fer_core.models import pick_device
 
         spec = JobSpec(kind="train", argv=("fer_core.cli", "train", "--run-dir", str(run_dir)),
-                       run_dir=run_dir, label=run_dir.name, needs_gpu=settings.device != "cpu")
+                       run_dir=run_dir, label=run_dir.name, needs_gpu=pick_device(settings.device).type == "cuda")
         job_id = get_runner(jobs_root()).submit(spec)
         print(f"Submitted job {job_id}; follow it with 'fer-studio show {run_dir.name}' or in the dashboard")
         return 0
 
     result = train(settings, run_dir)
-    if result["status"] != "succeeded" or result["folds_completed"] == 0:
-        print(f"Run {run_dir.name} ended as {result['status']} after {result['folds_completed']} of "
-              f"{result['folds_total']} folds; continue it with 'fer-studio train --run-dir {run_dir}'")
+    completed = len(result["folds_completed"])
+    if result["status"] != "succeeded":
+        total = result["folds_total"] if result["folds_total"] is not None else "?"
+        print(f"Run {run_dir.name} ended as {result['status']} after {completed} of {total} folds; "
+              f"continue it with 'fer-studio train --run-dir {run_dir}'")
         return 1
-    print(f"Finished {run_dir.name}: accuracy {result['accuracy']:.4f} over {result['folds_completed']} folds")
+    print(f"Finished {run_dir.name}: accuracy {result['accuracy']:.4f} over {completed} folds")
     print(f"See the results with 'fer-studio show {run_dir.name}'")
     return 0
 
