@@ -196,6 +196,7 @@ def _train_settings_from_args(args: argparse.Namespace):
         pi_scheme=args.pi_scheme,
         max_folds=args.max_folds,
         input_size=args.input_size,
+        optimizer=args.optimizer,
     )
 
 
@@ -344,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "augmentation, only to show the inflation (default: pd)")
     training.add_argument("--epochs", type=int, default=None, help="epochs per fold (default: 25 for pd, 60 for pi)")
     training.add_argument("--learning-rate", type=float, default=0.001, help="SGD learning rate (default: 0.001)")
+    training.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                          help="sgd: SGD with momentum 0.9, the paper's setting; adam: often needed when "
+                               "training from scratch (default: sgd)")
     training.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     training.add_argument("--seed", type=int, default=0, help="random seed for splits, weights and order (default: 0)")
     training.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
