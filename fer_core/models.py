@@ -60,6 +60,24 @@ def _replace_alexnet_head(model: nn.Module, num_classes: int) -> None:
 def _replace_squeezenet_head(model: nn.Module, num_classes: int) -> None:
     model.classifier[1] = nn.Conv2d(model.classifier[1].in_channels, num_classes, kernel_size=1)
     model.num_classes = num_classes
+    _drop_squeezenet_logit_relu(model)
+
+
+def _drop_squeezenet_logit_relu(model: nn.Module) -> None:
+    """Remove the ReLU that torchvision's SqueezeNet applies to its class scores.
+
+    Clamped at zero, the scores of a new head can all reach 0, where the gradient vanishes
+    and training stays at chance: seen training from scratch on the London faces, where the
+    loss stayed at ln 2 for every epoch. The ReLU has no weights, so pretrained checkpoints
+    still load, and Grad-CAM gets signed class scores to follow.
+    """
+    model.classifier[2] = nn.Identity()
+
+
+def _build_squeezenet(num_classes: int) -> nn.Module:
+    model = torchvision.models.squeezenet1_1(weights=None, num_classes=num_classes)
+    _drop_squeezenet_logit_relu(model)
+    return model
 
 
 def _replace_resnet_head(model: nn.Module, num_classes: int) -> None:
@@ -83,8 +101,7 @@ def _build_inception_resnet(num_classes: int) -> nn.Module:
 # fine enough to tell the eyes from the mouth on a face crop:
 # - AlexNet "features.10": the last convolution (13x13 at 224 px); the pooling after it halves
 #   the map to 6x6.
-# - SqueezeNet "features.12": the last Fire module (13x13). The classifier's final ReLU can make
-#   class maps all zero, so the target must stay in the feature extractor.
+# - SqueezeNet "features.12": the last Fire module (13x13), the last layer before the classifier.
 # - ResNet50 "layer4": the last residual stage (7x7), the usual choice.
 # - InceptionResnetV1 "repeat_2": the Block17 stack (8x8 at 160 px). The later block8 is only
 #   3x3 at 160 px, too coarse to separate the upper face from the mask region.
@@ -108,7 +125,7 @@ BACKBONES: dict[Backbone, BackboneSpec] = {
         std=IMAGENET_STD,
         gradcam_layer="features.12",
         weights_url=torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.url,
-        build=lambda num_classes: torchvision.models.squeezenet1_1(weights=None, num_classes=num_classes),
+        build=_build_squeezenet,
         replace_head=_replace_squeezenet_head,
     ),
     Backbone.RESNET50: BackboneSpec(

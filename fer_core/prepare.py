@@ -331,8 +331,13 @@ def _run_tasks(tasks: list[_SourceTask], settings: PrepareSettings, work_folder:
 
     # Small chunks keep the progress bar moving and the two workers evenly loaded.
     chunk_size = max(2, min(16, len(tasks) // (settings.workers * 8) or 2))
-    # fork starts workers in well under a second, where spawn would import torch again in each.
-    context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    # Forking a process whose threads hold locks (a Streamlit server, a loaded MTCNN) can hang
+    # the child, so workers come from a fresh forkserver that imports this module once.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+    else:
+        context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=settings.workers, mp_context=context,
         initializer=_init_worker, initargs=(settings.selection.value,),

@@ -158,3 +158,9 @@ def test_auto_device_is_usable():
     device = pick_device("auto")
 
     assert torch.zeros(1, device=device).device.type == device.type
+
+
+def test_squeezenet_scores_can_be_negative():
+    model = build_model(Backbone.SQUEEZENET, 2, pretrained=False)
+
+    assert not any(isinstance(layer, torch.nn.ReLU) for layer in model.classifier)

@@ -226,3 +226,24 @@ def test_load_prepared_rejects_plain_folder(tmp_path: Path):
 def test_invalid_settings_rejected(field: str, value):
     with pytest.raises(ValueError, match=field):
         PrepareSettings(**{field: value})
+
+
+@pytest.mark.timeout(300)
+def test_pool_safe_in_threaded_process(london_root: Path, tmp_path: Path):
+    """A Streamlit server has threads and a loaded MTCNN; forking such a process can hang."""
+    import threading
+
+    FaceAnalyzer().analyze(np.asarray(Image.open(london_root / "neutral" / "020_03.jpg").convert("RGB")))
+    root = _make_folder_set(london_root, tmp_path / "set", subjects=("020", "021", "022"))
+    outcome = {}
+
+    def prepare_in_thread() -> None:
+        outcome["prepared"] = prepare_dataset(_folder_table(root), PrepareSettings(workers=2),
+                                              output_root=tmp_path / "prepared")
+
+    worker = threading.Thread(target=prepare_in_thread)
+    worker.start()
+    worker.join(timeout=240)
+
+    assert not worker.is_alive()
+    assert len(outcome["prepared"].faces) == 6
