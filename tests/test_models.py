@@ -164,3 +164,12 @@ def test_squeezenet_scores_can_be_negative():
     model = build_model(Backbone.SQUEEZENET, 2, pretrained=False)
 
     assert not any(isinstance(layer, torch.nn.ReLU) for layer in model.classifier)
+
+
+@pytest.mark.parametrize("backbone", list(Backbone))
+def test_min_input_size_runs(backbone: Backbone):
+    model = build_model(backbone, 2, pretrained=False).eval()
+    size = get_spec(backbone).min_input_size
+
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, size, size)).shape == (2, 2)
