@@ -10,7 +10,7 @@ run: setup
 	.venv/bin/streamlit run streamlit_app.py
 
 test: setup
-	bash scripts/install_browser.sh
+	-bash scripts/install_browser.sh
 	.venv/bin/python -m pytest -q
 
 bench: setup

@@ -37,7 +37,7 @@ from fer_core.training import TrainSettings, append_event
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APP = REPO_ROOT / "streamlit_app.py"
 PAGES = ("pages/1_home.py", "pages/2_mask_preview.py", "pages/3_datasets.py", "pages/4_train.py",
-         "pages/5_runs.py", "pages/6_results.py", "pages/8_compare.py")
+         "pages/5_runs.py", "pages/6_results.py", "pages/7_explain.py", "pages/8_compare.py")
 # Seconds one script run may take; the first run of a process loads torch, MTCNN and dlib.
 RUN_TIMEOUT = 120
 # Seconds a background preparation of two photographs may take: a new process loads torch and the models.

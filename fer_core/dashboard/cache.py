@@ -60,7 +60,7 @@ def face_analyzer(selection: str = "largest") -> FaceAnalyzer:
     return FaceAnalyzer(device=pick_device("auto"), selection=FaceSelection(selection))
 
 
-@st.cache_resource(show_spinner="Loading the trained model...", max_entries=4)
+@st.cache_resource(show_spinner="Loading the trained model...", max_entries=8)
 def _trained_model(run_dir: str, fold: str | None, stamp: float) -> TrainedModel:
     from fer_core.runs import load_trained_model
 
