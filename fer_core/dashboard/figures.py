@@ -167,7 +167,8 @@ def overlaid_curves(curves: Mapping[str, pd.DataFrame], column: str, title: str)
     figure = _layout(figure, title, yaxis_title=column.replace("_", " "))
     _epoch_axis(figure, last_epoch)
     if column.endswith("accuracy"):
-        figure.update_yaxes(tickformat=".0%")
+        # One decimal, so a narrow range does not repeat the same whole-percent label.
+        figure.update_yaxes(tickformat=".1%")
     return figure
 
 
