@@ -40,6 +40,22 @@ def _add_dataset_options(parser: argparse.ArgumentParser) -> None:
                             "matched against each file name, e.g. '^(?P<subject>[A-Z]+)_'")
     group.add_argument("--manifest", type=Path, default=None,
                        help="for --kind folder: CSV with columns path (relative to --root) and subject")
+    group.add_argument("--label-map", action="append", default=None, metavar="NAME=EMOTION",
+                       help="map an emotion folder name or expression code to an emotion, e.g. contempt=disgust; "
+                            "repeat it for several names")
+
+
+def _parse_label_map(values: Sequence[str] | None) -> dict[str, str] | None:
+    """Turn NAME=EMOTION strings into a label map; the engine checks the emotions."""
+    if not values:
+        return None
+    label_map = {}
+    for value in values:
+        name, separator, emotion = value.partition("=")
+        if not separator or not name.strip() or not emotion.strip():
+            raise CommandError(f"--label-map {value!r} is not NAME=EMOTION, for example contempt=disgust")
+        label_map[name.strip()] = emotion.strip()
+    return label_map
 
 
 def _resolve_dataset_spec(args: argparse.Namespace):
@@ -50,7 +66,11 @@ def _resolve_dataset_spec(args: argparse.Namespace):
         if args.root is None or args.kind is None:
             raise CommandError("--kind and --root go together: give both, or use --dataset NAME")
         return DatasetSpec(kind=DatasetKind(args.kind), root=args.root.expanduser().resolve(),
-                           name=args.dataset, subject_pattern=args.subject_pattern, manifest=args.manifest)
+                           name=args.dataset, subject_pattern=args.subject_pattern, manifest=args.manifest,
+                           label_map=_parse_label_map(args.label_map))
+    if args.label_map:
+        raise CommandError("--label-map applies to a folder given with --kind and --root; a registered data set "
+                           "keeps the label map it was added with")
 
     name = args.dataset or "london"
     specs = {spec.name: spec for spec in available_datasets(artifacts_root())}
@@ -152,11 +172,14 @@ def _command_preview(args: argparse.Namespace) -> int:
     from fer_core.masks import MaskStyle
     from fer_core.prepare import preview_masks
 
+    out = args.out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file; give a folder for the output PNGs")
+
     loaded = read_image(args.image)
     style = MaskStyle(coverage=args.coverage, seed=args.seed)
     detection, masked = preview_masks(loaded.rgb, FaceAnalyzer(), style, greyscale=loaded.greyscale)
 
-    out = args.out.expanduser()
     out.mkdir(parents=True, exist_ok=True)
     stem = args.image.name.rsplit(".", 1)[0]
     write_image_atomic(out / f"{stem}_landmarks.png", draw_detection(loaded.rgb, detection))
@@ -210,7 +233,11 @@ def _command_train(args: argparse.Namespace) -> int:
         settings_path = run_dir / "settings.json"
         if not settings_path.is_file():
             raise CommandError(f"{run_dir} has no settings.json; it is not a run folder")
-        settings = TrainSettings.from_dict(json.loads(settings_path.read_text()))
+        try:
+            settings = TrainSettings.from_dict(json.loads(settings_path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, AttributeError) as error:
+            raise CommandError(f"{settings_path} is unreadable ({error}); fix it, or start a new run with "
+                               "--prepared") from error
     else:
         settings = _train_settings_from_args(args)
         run_dir = create_run(runs_root(), settings)
@@ -238,15 +265,21 @@ def _command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# A folder holding any of these is a run folder, even when one of them is damaged or missing.
+RUN_FOLDER_FILES = ("settings.json", "status.json", "predictions.csv", "metrics.json")
+
+
 def _find_run(name: str) -> Path:
     from fer_core.paths import runs_root
 
-    candidate = Path(name).expanduser()
-    if (candidate / "settings.json").is_file():
-        return candidate.resolve()
-    candidate = runs_root() / name
-    if (candidate / "settings.json").is_file():
-        return candidate
+    if not name.strip():
+        raise CommandError("give a run id or run folder; list runs with 'fer-studio runs'")
+    for candidate in (Path(name).expanduser(), runs_root() / name):
+        if candidate.is_dir() and any((candidate / file).exists() for file in RUN_FOLDER_FILES):
+            return candidate.resolve()
+    for candidate in (Path(name).expanduser(), runs_root() / name):
+        if candidate.is_dir():
+            raise CommandError(f"{candidate} is not a run folder: it has none of {', '.join(RUN_FOLDER_FILES)}")
     raise CommandError(f"run {name!r} not found as a folder or under {runs_root()}; list runs with 'fer-studio runs'")
 
 
@@ -397,6 +430,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The engine raises these with the file or value and the fix in the message.
         print(f"fer-studio: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # A full disk, a read-only folder or a file where a folder belongs: the message names the path.
+        # Errors that the engine raised with its own advice carry no errno and get no hint.
+        logger.debug("command failed", exc_info=True)
+        hint = " Check that the folder exists, is writable and has free space." if error.errno is not None else ""
+        print(f"fer-studio: error: {str(error).rstrip('.')}.{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -26,13 +26,14 @@ Where to get the data sets (this project ships none of their images):
 
 from __future__ import annotations
 
+import csv
 import enum
 import hashlib
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -44,6 +45,7 @@ import pandas as pd
 from fer_core import paths
 from fer_core.constants import Emotion
 from fer_core.images import (
+    UNSUPPORTED_IMAGE_SUFFIXES,
     ImageReadError,
     check_image_file,
     is_image_file,
@@ -193,6 +195,9 @@ class IssueReason(str, enum.Enum):
     DUPLICATE = "duplicate"
     DUPLICATE_SOURCE_ID = "duplicate source id"
     NOT_IN_MANIFEST = "not in manifest"
+    OUTSIDE_ROOT = "outside the data set folder"
+    UNREADABLE_FOLDER = "unreadable folder"
+    UNSUPPORTED_FORMAT = "unsupported image format"
 
 
 class DatasetError(ValueError):
@@ -212,7 +217,17 @@ class FileIssue:
 
 
 def _issue(path: Path | str, reason: IssueReason, detail: str) -> FileIssue:
-    return FileIssue(path=str(path), reason=f"{reason.value}: {detail}")
+    return FileIssue(path=printable_path(path), reason=f"{reason.value}: {detail}")
+
+
+def printable_path(path: Path | str) -> str:
+    """Return the path as text that any UTF-8 writer accepts; bytes that are not UTF-8 read as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(path: Path | str) -> bool:
+    """Return True when the path's name bytes are valid UTF-8, so it can be written to CSV and JSON files."""
+    return printable_path(path) == str(path)
 
 
 @dataclass(frozen=True)
@@ -432,8 +447,7 @@ def load_dataset(
     under `artifacts_root`, by default `fer_core.paths.artifacts_root()`.
     """
     root = spec.root.resolve()
-    if not root.exists():
-        raise DatasetError(f"Data set folder not found: {root}. Expected {DATASET_LAYOUTS[spec.kind]}.")
+    _check_root(root, spec.kind)
 
     label_map = dict(DEFAULT_LABELS[spec.kind])
     label_map.update(spec.label_map or {})
@@ -475,6 +489,22 @@ def load_dataset(
     return table
 
 
+def _check_root(root: Path, kind: DatasetKind) -> None:
+    """Raise DatasetError when the root is missing, a file where a folder belongs, or not UTF-8."""
+    if not root.exists():
+        raise DatasetError(f"Data set folder not found: {root}. Expected {DATASET_LAYOUTS[kind]}.")
+    if root.is_file() and kind is not DatasetKind.FER2013:
+        raise DatasetError(
+            f"{root} is a file, but a {kind.value} data set is a folder; give its folder. "
+            f"Expected {DATASET_LAYOUTS[kind]}."
+        )
+    if not _is_utf8(root):
+        raise DatasetError(
+            f"The path {printable_path(root)} is not valid UTF-8, so results cannot name its files; "
+            "rename the folder."
+        )
+
+
 def _collect(spec: DatasetSpec, root: Path, label_map: dict[str, str], artifacts_root: Path) -> _Collection:
     if spec.kind is DatasetKind.LONDON:
         return _collect_london(root, label_map)
@@ -487,14 +517,34 @@ def _collect(spec: DatasetSpec, root: Path, label_map: dict[str, str], artifacts
     return _collect_folder(spec, root, label_map)
 
 
-def _image_files(root: Path) -> list[Path]:
-    """List image files under root in sorted order, skipping hidden files and folders."""
+def _image_files(root: Path, issues: list[FileIssue]) -> list[Path]:
+    """List image files under root in sorted order, skipping hidden files and folders.
+
+    Folders that cannot be listed, image names that are not valid UTF-8 and image formats
+    that Pillow cannot read are added to `issues`. Other files (notes, tables) are passed over.
+    """
+
+    def report_unreadable(error: OSError) -> None:
+        detail = f"{error.strerror or error}; its images are left out. Make the folder readable for this user"
+        issues.append(_issue(error.filename or root, IssueReason.UNREADABLE_FOLDER, detail))
+
     files = []
-    for folder, subfolders, names in os.walk(root):
+    for folder, subfolders, names in os.walk(root, onerror=report_unreadable):
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         for name in sorted(names):
-            if not name.startswith(".") and is_image_file(Path(name)):
-                files.append(Path(folder) / name)
+            path = Path(folder) / name
+            if name.startswith("."):
+                continue
+            if path.suffix.lower() in UNSUPPORTED_IMAGE_SUFFIXES:
+                detail = f"Pillow cannot read {path.suffix} files; convert the image to PNG or JPEG"
+                issues.append(_issue(path, IssueReason.UNSUPPORTED_FORMAT, detail))
+            elif not is_image_file(path):
+                continue
+            elif not _is_utf8(path):
+                detail = "the name is not valid UTF-8, so results cannot name the file; rename it"
+                issues.append(_issue(path, IssueReason.BAD_NAME, detail))
+            else:
+                files.append(path)
     return files
 
 
@@ -506,7 +556,7 @@ def _lookup(label_map: Mapping[str, str]) -> dict[str, str]:
 def _collect_jaffe(root: Path, label_map: dict[str, str]) -> _Collection:
     lookup = _lookup(label_map)
     candidates, issues = [], []
-    for path in _image_files(root):
+    for path in _image_files(root, issues):
         match = JAFFE_NAME_PATTERN.match(path.stem)
         if match is None:
             issues.append(
@@ -534,7 +584,7 @@ def _collect_uibvfed(spec: DatasetSpec, root: Path, label_map: dict[str, str]) -
     lookup = _lookup(label_map)
     pattern = None if spec.subject_pattern is None else _compile_subject_pattern(spec.subject_pattern)
     candidates, issues = [], []
-    for path in _image_files(root):
+    for path in _image_files(root, issues):
         relative = path.relative_to(root)
         folders = relative.parts[:-1]
         emotion_positions = [index for index, folder in enumerate(folders) if folder.casefold() in lookup]
@@ -573,11 +623,12 @@ def _uibvfed_subject(
     """Take the character id from the pattern, the one non-expression folder or the file-name prefix."""
     if pattern is not None:
         match = pattern.search(path.name)
-        return match["subject"] if match else None
+        return (match["subject"] or None) if match else None
     if len(other_folders) == 1:
         return other_folders[0]
 
-    match = _FILE_PREFIX_PATTERN.match(path.name)
+    # The stem, because the dot before the extension would make any name a prefix.
+    match = _FILE_PREFIX_PATTERN.match(path.stem)
     if match is None or match["prefix"].casefold() in lookup:
         return None
     return match["prefix"]
@@ -592,7 +643,7 @@ def _collect_folder(spec: DatasetSpec, root: Path, label_map: dict[str, str]) ->
     candidates, issues = [], []
     unknown_folders: set[str] = set()
     used_labels: dict[str, str] = {}
-    for path in _image_files(root):
+    for path in _image_files(root, issues):
         relative = path.relative_to(root)
         if len(relative.parts) == 1:
             issues.append(
@@ -610,12 +661,13 @@ def _collect_folder(spec: DatasetSpec, root: Path, label_map: dict[str, str]) ->
         subject = None
         if pattern is not None:
             match = pattern.search(path.name)
-            if match is None:
+            if match is None or not match["subject"]:
+                problem = "does not match" if match is None else "matches with an empty subject group of"
                 issues.append(
                     _issue(
                         path,
                         IssueReason.NO_SUBJECT,
-                        f"the file name does not match subject_pattern {pattern.pattern!r}; rename it or "
+                        f"the file name {problem} subject_pattern {pattern.pattern!r}; rename it or "
                         "change the pattern",
                     )
                 )
@@ -639,15 +691,27 @@ def _raise_for_unknown_labels(root: Path, unknown: set[str], label_source: str) 
 
 def _collect_folder_manifest(spec: DatasetSpec, root: Path, label_map: dict[str, str]) -> _Collection:
     manifest = spec.manifest_path
-    rows = _read_manifest(manifest)
     lookup = _lookup(label_map)
     candidates, issues = [], []
     unknown: set[str] = set()
     used_labels: dict[str, str] = {}
     listed: set[Path] = set()
 
-    for line, row in enumerate(rows, start=2):
-        relative = Path(row["path"])
+    for line, row, problem in _read_manifest(manifest):
+        if row is None:
+            issues.append(_issue(manifest, IssueReason.BAD_ROW, f"line {line}: {problem}; fix or delete the line"))
+            continue
+        if not row["path"].strip():
+            issues.append(_issue(manifest, IssueReason.BAD_ROW, f"line {line}: the path is empty; fill it in"))
+            continue
+        relative = _manifest_relative_path(root, row["path"])
+        if relative is None:
+            detail = (
+                f"line {line} of {manifest} names {row['path']!r}, which is not a file inside {root}; "
+                "copy the file into the data set folder and list it relative to that folder"
+            )
+            issues.append(_issue(manifest, IssueReason.OUTSIDE_ROOT, detail))
+            continue
         path = (root / relative).resolve()
         listed.add(path)
         raw = row.get("label") or (relative.parts[0] if len(relative.parts) > 1 else "")
@@ -668,30 +732,75 @@ def _collect_folder_manifest(spec: DatasetSpec, root: Path, label_map: dict[str,
         candidates.append(_Candidate(path, label, subject, relative.with_suffix("").as_posix()))
 
     _raise_for_unknown_labels(root, unknown, "labels in the manifest")
-    for path in _image_files(root):
+    for path in _image_files(root, issues):
         if path.resolve() not in listed:
             issues.append(_issue(path, IssueReason.NOT_IN_MANIFEST, f"add it to {manifest} to use it"))
     return _Collection(candidates, issues, used_labels, has_subjects=True)
 
 
-def _read_manifest(manifest: Path) -> list[dict[str, str]]:
+def _manifest_relative_path(root: Path, text: str) -> Path | None:
+    """Return a manifest path relative to root, or None when it leads outside root or to root itself.
+
+    The check is on the written path, so a symbolic link inside root that points elsewhere
+    is still accepted.
+    """
+    normalised = Path(os.path.normpath(root / text.strip()))
+    try:
+        relative = normalised.relative_to(root)
+    except ValueError:
+        return None
+    return relative if relative.parts else None
+
+
+MANIFEST_LAYOUT = "a CSV with the columns path (relative to the data set folder), subject and optionally label"
+
+
+def _read_manifest(manifest: Path) -> Iterator[tuple[int, dict[str, str] | None, str]]:
     if not manifest.is_file():
-        raise DatasetError(f"Manifest not found: {manifest}. Expected a CSV with the columns path, subject[, label].")
-    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    missing = {"path", "subject"} - set(frame.columns)
-    if missing:
-        raise DatasetError(
-            f"Manifest {manifest} lacks the columns {sorted(missing)}; found {list(frame.columns)}. "
-            "Expected path (relative to the data set folder), subject and optionally label."
-        )
-    return frame.to_dict(orient="records")
+        raise DatasetError(f"Manifest not found: {manifest}. Expected {MANIFEST_LAYOUT}.")
+    return _csv_rows(manifest, {"path", "subject"}, MANIFEST_LAYOUT)
+
+
+def _csv_rows(path: Path, required: set[str], expected: str) -> Iterator[tuple[int, dict[str, str] | None, str]]:
+    """Yield (line number, row, problem) for each non-blank data line of a UTF-8 CSV file.
+
+    A row is a dict keyed by the header. A line with the wrong number of fields yields None
+    and a problem text instead, so one bad line never stops loading. Raises DatasetError
+    when the file is empty, is not UTF-8 text, is not CSV or lacks a required column.
+    """
+    reader = None
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as stream:
+            reader = csv.reader(stream)
+            header = [name.strip() for name in next(reader, [])]
+            if not any(header):
+                raise DatasetError(f"{path} is empty. Expected {expected}.")
+            missing = required - set(header)
+            if missing:
+                raise DatasetError(
+                    f"{path} lacks the columns {sorted(missing)}; found {header}. Expected {expected}."
+                )
+
+            for fields in reader:
+                if not any(field.strip() for field in fields):
+                    continue
+                if len(fields) != len(header):
+                    problem = f"expected {len(header)} fields ({', '.join(header)}), found {len(fields)}"
+                    yield reader.line_num, None, problem
+                    continue
+                yield reader.line_num, dict(zip(header, fields)), ""
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path} is not UTF-8 text ({error}); save it as UTF-8. Expected {expected}.") from None
+    except csv.Error as error:
+        line = reader.line_num if reader is not None else 1
+        raise DatasetError(f"{path} is not a readable CSV file (line {line}: {error}). Expected {expected}.") from None
 
 
 def _collect_london(root: Path, label_map: dict[str, str]) -> _Collection:
     lookup = _lookup(label_map)
     info = _read_london_info(root)
     candidates, issues = [], []
-    for path in _image_files(root):
+    for path in _image_files(root, issues):
         relative = path.relative_to(root)
         folder = relative.parts[0] if len(relative.parts) == 2 else ""
         label = lookup.get(folder.casefold())
@@ -722,7 +831,15 @@ def _read_london_info(root: Path) -> dict[str, dict[str, Any]]:
         path = PACKAGE_DATA / LONDON_INFO_FILE
 
     # The file writes unknown values as NA (two people have no recorded age).
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if "face_id" not in frame.columns:
+            raise ValueError(f"it lacks the column face_id; found {list(frame.columns)}")
+    except ValueError as error:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
+        if path == PACKAGE_DATA / LONDON_INFO_FILE:
+            raise
+        logger.warning("Cannot read %s (%s); using the copy shipped with fer_core instead", path, error)
+        return _read_london_info(PACKAGE_DATA)
     info = {}
     for row in frame.to_dict(orient="records"):
         age = pd.to_numeric(row.get("face_age", ""), errors="coerce")
@@ -744,23 +861,21 @@ def _collect_fer2013(root: Path, label_map: dict[str, str], artifacts_root: Path
     if not csv_path.is_file():
         raise DatasetError(f"{FER2013_FILE} not found at {csv_path}. Expected {DATASET_LAYOUTS[DatasetKind.FER2013]}.")
 
-    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    missing = {"emotion", "pixels"} - set(frame.columns)
-    if missing:
-        raise DatasetError(
-            f"{csv_path} lacks the columns {sorted(missing)}; found {list(frame.columns)}. "
-            f"Expected {DATASET_LAYOUTS[DatasetKind.FER2013]}."
-        )
-
+    rows = _csv_rows(csv_path, {"emotion", "pixels"}, DATASET_LAYOUTS[DatasetKind.FER2013])
     cache = Path(artifacts_root) / "datasets" / f"fer2013-{_file_sha256(csv_path)[:16]}"
-    logger.info("Reading %d rows of %s; images are cached in %s", len(frame), csv_path, cache)
+    logger.info("Reading %s; images are cached in %s", csv_path, cache)
     lookup = _lookup(label_map)
-    usages = frame["Usage"] if "Usage" in frame.columns else [""] * len(frame)
     candidates, issues = [], []
     first_rows: dict[bytes, tuple[int, str]] = {}
     written = 0
-    for row, (emotion, pixels, usage) in enumerate(zip(frame["emotion"], frame["pixels"], usages)):
-        where = f"row {row} (line {row + 2})"
+    # `row` counts every non-blank data line, so cache names and source ids stay those of
+    # earlier versions, which numbered the rows of pandas.read_csv.
+    for row, (line, values, row_problem) in enumerate(rows):
+        where = f"row {row} (line {line})"
+        if values is None:
+            issues.append(_issue(csv_path, IssueReason.BAD_ROW, f"{where}: {row_problem}; fix or delete the row"))
+            continue
+        emotion, pixels, usage = values["emotion"], values["pixels"], values.get("Usage", "")
         label = lookup.get(emotion.strip().casefold())
         if label is None:
             known = ", ".join(sorted(label_map))
@@ -956,14 +1071,14 @@ def register_dataset(spec: DatasetSpec, config_root: Path, *, replace: bool = Fa
         raise DatasetError("The name 'london' is reserved for the built-in London Set; choose another name.")
 
     config_root = Path(config_root)
-    registered = _read_registry(config_root)
-    entries = [entry for entry in registered if entry.name != stored.name]
+    registered = _registry_entries(config_root)
+    entries = [entry for entry in registered if _entry_name(entry) != stored.name]
     if len(entries) < len(registered) and not replace:
         raise DatasetError(
             f"A data set named {stored.name!r} is already registered in {config_root / REGISTRY_FILE}; "
             "choose another name or pass replace=True."
         )
-    _write_registry(config_root, [*entries, stored])
+    _write_registry(config_root, [*entries, stored.to_dict()])
     logger.info("Registered %s data set %s at %s", stored.kind.value, stored.name, stored.root)
     return stored
 
@@ -971,10 +1086,10 @@ def register_dataset(spec: DatasetSpec, config_root: Path, *, replace: bool = Fa
 def unregister_dataset(name: str, config_root: Path) -> None:
     """Remove a data set from config_root/datasets.json; its files are left untouched."""
     config_root = Path(config_root)
-    entries = _read_registry(config_root)
-    remaining = [entry for entry in entries if entry.name != name]
+    entries = _registry_entries(config_root)
+    remaining = [entry for entry in entries if _entry_name(entry) != name]
     if len(remaining) == len(entries):
-        known = ", ".join(entry.name or "" for entry in entries) or "none"
+        known = ", ".join(str(_entry_name(entry)) for entry in entries) or "none"
         raise DatasetError(
             f"No data set named {name!r} is registered in {config_root / REGISTRY_FILE}; registered: {known}."
         )
@@ -982,7 +1097,12 @@ def unregister_dataset(name: str, config_root: Path) -> None:
     logger.info("Unregistered data set %s", name)
 
 
-def _read_registry(config_root: Path) -> list[DatasetSpec]:
+def _registry_entries(config_root: Path) -> list[Any]:
+    """Return the raw entries of config_root/datasets.json, invalid ones included.
+
+    Register and unregister write every other entry back unchanged, so an entry that this
+    version cannot read is kept for the user to fix.
+    """
     path = config_root / REGISTRY_FILE
     if not path.is_file():
         return []
@@ -991,8 +1111,22 @@ def _read_registry(config_root: Path) -> list[DatasetSpec]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path} is not valid JSON ({error}); fix it or delete it to start a new list.") from None
 
+    entries = document.get("datasets", []) if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise DatasetError(
+            f'{path} does not contain an object {{"datasets": [...]}}; fix it or delete it to start a new list.'
+        )
+    return entries
+
+
+def _entry_name(entry: Any) -> Any:
+    return entry.get("name") if isinstance(entry, dict) else None
+
+
+def _read_registry(config_root: Path) -> list[DatasetSpec]:
+    path = config_root / REGISTRY_FILE
     specs = []
-    for entry in document.get("datasets", []) if isinstance(document, dict) else []:
+    for entry in _registry_entries(config_root):
         try:
             specs.append(DatasetSpec.from_dict(entry))
         except (DatasetError, TypeError, AttributeError) as error:
@@ -1000,9 +1134,9 @@ def _read_registry(config_root: Path) -> list[DatasetSpec]:
     return specs
 
 
-def _write_registry(config_root: Path, specs: list[DatasetSpec]) -> None:
+def _write_registry(config_root: Path, entries: list[Any]) -> None:
     # NOTE: read-modify-write without a lock; two processes registering at once can lose one entry.
-    document = {"datasets": [spec.to_dict() for spec in specs]}
+    document = {"datasets": entries}
     write_bytes_atomic(config_root / REGISTRY_FILE, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
 
 

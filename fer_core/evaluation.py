@@ -29,6 +29,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from fer_core.constants import MaskType, Protocol
 from fer_core.runs import (
     METRICS_FILE,
+    PREDICTIONS_FILE,
     SETTINGS_FILE,
     load_predictions,
     read_training_record,
@@ -46,6 +47,8 @@ METADATA_COLUMNS = ("gender", "ethnicity")
 AGE_COLUMN = "age"
 # Lower edges of the age bands in years; the last band is open-ended.
 AGE_BAND_EDGES = (18, 25, 35, 45, 55, 65)
+# Line numbers listed in an error message, so it stays one readable line.
+EXAMPLES_SHOWN = 5
 LEAKY_NOTE = ("LEAKY split: masked copies of each test photograph were trained on, so this accuracy is "
               "inflated. It measures the leak, not the model; compare it with a PD run.")
 
@@ -278,9 +281,10 @@ def evaluate_run(run_dir: Path) -> dict:
     """
     run_dir = Path(run_dir)
     predictions = load_predictions(run_dir)
-    settings = json.loads((run_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
+    settings = _read_json_object(run_dir / SETTINGS_FILE, "restore the run's settings from a backup or train a new run")
     record = _training_record(run_dir)
     classes = record.get("classes") or _classes_from_columns(predictions)
+    _check_predictions(predictions, classes, run_dir / PREDICTIONS_FILE)
     planned = [fold["name"] for fold in record.get("folds", [])]
     test_subjects = {fold["name"]: fold.get("test_subjects", []) for fold in record.get("folds", [])}
 
@@ -307,6 +311,39 @@ def evaluate_run(run_dir: Path) -> dict:
     logger.info("evaluated %s: accuracy %.4f over %d images in %d fold(s)", run_dir.name, metrics["accuracy"],
                 metrics["n_images"], len(evaluated))
     return metrics
+
+
+def _read_json_object(path: Path, advice: str) -> dict:
+    """Return a JSON object file's content; raise FileNotFoundError or ValueError naming the file and `advice`."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; {advice}")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{path} is not valid JSON ({error}); {advice}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} contains a JSON {type(value).__name__}, not an object; {advice}")
+    return value
+
+
+def _check_predictions(predictions: pd.DataFrame, classes: Sequence[str], path: Path) -> None:
+    """Raise ValueError, naming the file and its lines, for rows that metrics cannot use."""
+    def lines(mask: pd.Series) -> str:
+        numbers = (np.flatnonzero(mask.to_numpy()) + 2).tolist()
+        return ", ".join(str(n) for n in numbers[:EXAMPLES_SHOWN]) + (" ..." if len(numbers) > EXAMPLES_SHOWN else "")
+
+    for column in ("label", "predicted"):
+        unusable = predictions[column].isna() | ~predictions[column].astype(str).isin(list(classes))
+        if unusable.any():
+            found = sorted(set(predictions.loc[unusable, column].fillna("<empty>").astype(str)))[:EXAMPLES_SHOWN]
+            raise ValueError(f"{path} has {column} values {found} that are not among the classes {list(classes)} "
+                             f"(lines {lines(unusable)}); restore the file from a backup or train a new run")
+
+    for column in [f"{PROBABILITY_PREFIX}{name}" for name in classes if f"{PROBABILITY_PREFIX}{name}" in predictions]:
+        unusable = pd.to_numeric(predictions[column], errors="coerce").isna()
+        if unusable.any():
+            raise ValueError(f"{path} has missing or non-numeric {column} values (lines {lines(unusable)}); "
+                             "restore the file from a backup or train a new run")
 
 
 def confusion_frame(confusion: dict) -> pd.DataFrame:
@@ -343,42 +380,63 @@ def _manifest_or_none(prepared_dir: Path) -> pd.DataFrame | None:
 
 def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(temporary, index=False)
-    os.replace(temporary, path)
+    try:
+        frame.to_csv(temporary, index=False)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def format_report(run_dir: Path) -> str:
     """Return a plain-text summary of a run's metrics.json for the command line."""
     path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; evaluate the run first (fer-studio evaluate)")
-    metrics = json.loads(path.read_text(encoding="utf-8"))
+    advice = f"recompute it with 'fer-studio evaluate {Path(run_dir).name}'"
+    metrics = _read_json_object(path, advice)
+    try:
+        return _report_lines(metrics)
+    except (AttributeError, TypeError) as error:
+        raise ValueError(f"{path} does not have the layout that evaluate writes ({error}); {advice}") from error
 
-    lines = [f"Run {metrics['run_id']}: {metrics['backbone']}, protocol {metrics['protocol']}, "
-             f"{len(metrics['folds_evaluated'])} fold(s), {metrics['n_images']} test images"
+
+def _report_lines(metrics: dict) -> str:
+    """Format metrics.json; missing entries print as n/a, so an older or edited file still prints."""
+    folds = metrics.get("folds") or {}
+    macro = metrics.get("macro") or {}
+    lines = [f"Run {metrics.get('run_id', '?')}: {metrics.get('backbone', '?')}, "
+             f"protocol {metrics.get('protocol', '?')}, {len(metrics.get('folds_evaluated') or [])} fold(s), "
+             f"{metrics.get('n_images', '?')} test images"
              + ("" if metrics.get("complete") else " (incomplete)")]
     if metrics.get("note"):
         lines.append(f"NOTE: {metrics['note']}")
-    folds = metrics["folds"]
-    spread = f" (fold mean {_percent(folds['accuracy_mean'])} +- {_percent(folds['accuracy_std'])})" \
+    spread = f" (fold mean {_percent(folds.get('accuracy_mean'))} +- {_percent(folds.get('accuracy_std'))})" \
         if folds.get("accuracy_std") is not None else ""
-    lines.append(f"Accuracy {_percent(metrics['accuracy'])}{spread}; macro F1 {_decimal(metrics['macro']['f1'])}, "
-                 f"macro AUC {_decimal(metrics['macro']['auc'])}")
+    lines.append(f"Accuracy {_percent(metrics.get('accuracy'))}{spread}; macro F1 {_decimal(macro.get('f1'))}, "
+                 f"macro AUC {_decimal(macro.get('auc'))}")
     lines.append("")
     lines.append(f"{'class':<10} {'precision':>9} {'recall':>7} {'specificity':>11} {'F1':>6} {'AUC':>6} {'n':>6}")
-    for name, values in metrics["per_class"].items():
-        lines.append(f"{name:<10} {_decimal(values['precision']):>9} {_decimal(values['recall']):>7} "
-                     f"{_decimal(values['specificity']):>11} {_decimal(values['f1']):>6} "
-                     f"{_decimal(values['auc']):>6} {values['support']:>6}")
+    for name, values in (metrics.get("per_class") or {}).items():
+        lines.append(f"{name:<10} {_decimal(values.get('precision')):>9} {_decimal(values.get('recall')):>7} "
+                     f"{_decimal(values.get('specificity')):>11} {_decimal(values.get('f1')):>6} "
+                     f"{_decimal(values.get('auc')):>6} {values.get('support', '?'):>6}")
     lines.append("")
     lines.append("Accuracy per mask type: " + ", ".join(
-        f"{name} {_percent(values['accuracy'])}" for name, values in metrics["by_mask_type"].items()))
+        f"{name} {_percent(values.get('accuracy'))}" for name, values in (metrics.get("by_mask_type") or {}).items()))
     return "\n".join(lines)
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
+def _percent(value: object) -> str:
+    number = _number_or_none(value)
+    return "n/a" if number is None else f"{number:.1%}"
 
 
-def _decimal(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _decimal(value: object) -> str:
+    number = _number_or_none(value)
+    return "n/a" if number is None else f"{number:.3f}"
+
+
+def _number_or_none(value: object) -> float | None:
+    """Return a finite float, or None for missing, NaN, infinite or non-numeric values."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return _number(value)

@@ -11,8 +11,10 @@ file.
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from io import BytesIO
@@ -23,8 +25,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
+# Animated GIF and WebP files are read as their first frame.
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".gif"}
+)
+# Image formats that Pillow cannot decode without plug-ins; data set loaders report such
+# files instead of passing over them.
+UNSUPPORTED_IMAGE_SUFFIXES = frozenset(
+    {".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".psd", ".svg", ".raw", ".cr2", ".nef", ".dng", ".arw"}
 )
 MIN_IMAGE_SIDE = 32
 
@@ -40,6 +48,7 @@ class ImageProblem(str, enum.Enum):
     """Reason an image file cannot be used."""
 
     NOT_FOUND = "file not found"
+    NO_PERMISSION = "permission denied"
     EMPTY = "zero bytes"
     NOT_IMAGE = "not an image"
     CORRUPT = "truncated or corrupt"
@@ -50,6 +59,7 @@ class ImageProblem(str, enum.Enum):
 
 _ADVICE = {
     ImageProblem.NOT_FOUND: "Check the path, or reload the data set if the file was moved.",
+    ImageProblem.NO_PERMISSION: "Make the file readable for this user (chmod a+r) or copy it to a readable folder.",
     ImageProblem.EMPTY: "Copy the file again from its original source.",
     ImageProblem.NOT_IMAGE: "Remove it from the image folder or give it its real extension.",
     ImageProblem.CORRUPT: "Copy the file again from its original source; the copy is damaged.",
@@ -118,6 +128,8 @@ def read_image(path: Path | str, *, draft_size: int | None = None) -> LoadedImag
         raise ImageReadError(path, ImageProblem.NOT_IMAGE, "Pillow does not recognise the format") from error
     except Image.DecompressionBombError as error:
         raise ImageReadError(path, ImageProblem.TOO_LARGE, str(error)) from error
+    except PermissionError as error:
+        raise ImageReadError(path, ImageProblem.NO_PERMISSION, error.strerror or str(error)) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageReadError(path, ImageProblem.CORRUPT, str(error) or type(error).__name__) from error
 
@@ -128,10 +140,28 @@ def read_image(path: Path | str, *, draft_size: int | None = None) -> LoadedImag
 
 def check_image_file(path: Path) -> None:
     """Raise ImageReadError when the path is not an existing, non-empty file; decode nothing."""
-    if not path.is_file():
-        raise ImageReadError(path, ImageProblem.NOT_FOUND, "no such file")
-    if path.stat().st_size == 0:
+    try:
+        status = path.stat()
+    except PermissionError as error:
+        raise ImageReadError(path, ImageProblem.NO_PERMISSION, error.strerror or str(error)) from error
+    except OSError as error:
+        raise ImageReadError(path, ImageProblem.NOT_FOUND, _missing_detail(path, error)) from error
+
+    if stat.S_ISDIR(status.st_mode):
+        raise ImageReadError(path, ImageProblem.NOT_FOUND, "the path is a folder, not a file")
+    if not stat.S_ISREG(status.st_mode):
+        raise ImageReadError(path, ImageProblem.NOT_FOUND, "the path is a device, pipe or socket, not a file")
+    if status.st_size == 0:
         raise ImageReadError(path, ImageProblem.EMPTY, "the file is empty")
+
+
+def _missing_detail(path: Path, error: OSError) -> str:
+    """Describe why stat failed: no such file, a broken symbolic link or a symbolic link loop."""
+    if error.errno == errno.ELOOP:
+        return "the symbolic link points to itself in a loop"
+    if path.is_symlink():
+        return f"the symbolic link points to {os.readlink(path)}, which does not exist"
+    return "no such file"
 
 
 def _decode(opened: Image.Image, path: Path, draft_size: int | None) -> Image.Image:

@@ -34,6 +34,7 @@ from fer_core.faces import FaceAnalyzer, FaceDetection, FaceSelection, NoFaceErr
 from fer_core.images import ImageReadError, read_image
 from fer_core.masks import MaskStyle, render_mask
 from fer_core.paths import prepared_root
+from fer_core.splits import check_real_number, check_whole_number, parse_choice
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ PARTIAL_SUFFIX = ".partial"
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 # The manifest carries these base columns first; data set metadata columns follow them.
 BASE_COLUMNS = ["image", "source_id", "subject", "label", "mask_type", "polygon", "greyscale", "coverage"]
+# A face whose MTCNN box lies more than this fraction outside the photograph is flagged in the
+# report: the crop repeats the edge pixels there, so the mask sits on smeared pixels.
+FACE_OUTSIDE_FRACTION_FLAGGED = 0.25
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -69,8 +73,12 @@ class PrepareSettings:
         if not self.mask_types:
             raise ValueError("mask_types is empty; choose at least one of: "
                              + ", ".join(m.value for m in MaskType))
-        object.__setattr__(self, "mask_types", tuple(MaskType(m) for m in self.mask_types))
-        object.__setattr__(self, "selection", FaceSelection(self.selection))
+        object.__setattr__(self, "mask_types", tuple(parse_choice(MaskType, m, "mask_types") for m in self.mask_types))
+        object.__setattr__(self, "selection", parse_choice(FaceSelection, self.selection, "selection"))
+        for name in ("crop_size", "seed", "workers"):
+            check_whole_number(name, getattr(self, name))
+        for name in ("coverage", "margin"):
+            check_real_number(name, getattr(self, name))
         if not 0.0 <= self.coverage <= 1.0:
             raise ValueError(f"coverage must be between 0 and 1, got {self.coverage}")
         if not 32 <= self.crop_size <= 1024:
@@ -197,15 +205,34 @@ def _write_png(path: Path, rgb: np.ndarray, greyscale: bool) -> None:
     else:
         pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    if not cv2.imwrite(str(temporary), pixels, PNG_PARAMS):
-        raise OSError(f"could not write {temporary}; check free disk space and permissions")
-    os.replace(temporary, path)
+    try:
+        if not cv2.imwrite(str(temporary), pixels, PNG_PARAMS):
+            raise OSError(f"could not write {temporary}; check free disk space and permissions")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _write_json_atomic(path: Path, payload: object) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(json.dumps(payload, indent=1, default=str))
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _fraction_outside(box: tuple[float, float, float, float], shape: tuple[int, ...]) -> float:
+    """Return the fraction of the box area (x1, y1, x2, y2) that lies outside an image of this shape."""
+    x1, y1, x2, y2 = box
+    height, width = shape[:2]
+    area = max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+    if area == 0:
+        return 0.0
+    inside = max(min(x2, width) - max(x1, 0.0), 0.0) * max(min(y2, height) - max(y1, 0.0), 0.0)
+    return 1.0 - inside / area
 
 
 def _process_source(task: _SourceTask, settings: PrepareSettings, work_folder: Path) -> dict:
@@ -214,7 +241,7 @@ def _process_source(task: _SourceTask, settings: PrepareSettings, work_folder: P
     try:
         loaded = read_image(task.path)
     except ImageReadError as error:
-        record["report"].append({"path": task.path, "stage": "read", "reason": error.reason})
+        record["report"].append({"path": task.path, "stage": "read", "reason": error.describe()})
         return record
 
     try:
@@ -227,6 +254,13 @@ def _process_source(task: _SourceTask, settings: PrepareSettings, work_folder: P
         record["report"].append({
             "path": task.path, "stage": "detect",
             "reason": f"{detection.face_count} faces found; kept one ({detection.selection})",
+        })
+    outside = _fraction_outside(detection.box, loaded.rgb.shape)
+    if outside > FACE_OUTSIDE_FRACTION_FLAGGED:
+        record["report"].append({
+            "path": task.path, "stage": "detect",
+            "reason": f"{outside:.0%} of the face box lies outside the photograph; the crop repeats the edge "
+                      "pixels there, so check it or leave the photograph out",
         })
 
     crop, landmarks, crop_box = _crop_face(loaded.rgb, detection, settings.margin, settings.crop_size)
@@ -298,12 +332,17 @@ def _tasks_from_table(table: DatasetTable) -> list[_SourceTask]:
     return tasks
 
 
+_RECORD_KEYS = frozenset({"source_id", "rows", "face", "report"})
+
+
 def _load_finished_records(work_folder: Path) -> dict[str, dict]:
     finished = {}
     for path in (work_folder / "records").glob("*.json"):
         try:
             record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
+            record = None
+        if not isinstance(record, dict) or not _RECORD_KEYS <= set(record):
             logger.warning("ignoring unreadable record %s; that photograph is prepared again", path)
             continue
         finished[record["source_id"]] = record
@@ -372,8 +411,12 @@ def _tables_from_records(records: list[dict], table: DatasetTable) -> tuple[pd.D
 
 def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(temporary, index=False)
-    os.replace(temporary, path)
+    try:
+        frame.to_csv(temporary, index=False)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def prepare_dataset(table: DatasetTable, settings: PrepareSettings = PrepareSettings(),
@@ -405,7 +448,15 @@ def prepare_dataset(table: DatasetTable, settings: PrepareSettings = PrepareSett
 
     if progress:
         progress(len(tasks) - len(pending), len(tasks))
-    new_records = _run_tasks(pending, settings, work_folder, progress, len(tasks) - len(pending), len(tasks))
+    try:
+        new_records = _run_tasks(pending, settings, work_folder, progress, len(tasks) - len(pending), len(tasks))
+    except OSError as error:
+        kept = sum(1 for path in (work_folder / "records").glob("*.json") if path.is_file())
+        raise OSError(
+            f"{error}. The {kept} of {len(tasks)} photographs prepared so far are kept in "
+            f"{work_folder}; fix the cause (free disk space, write permission) and run the preparation "
+            "again to continue from there",
+        ) from error
 
     current_ids = {task.source_id for task in tasks}
     records = [r for r in finished.values() if r["source_id"] in current_ids] + new_records
@@ -445,18 +496,23 @@ def load_prepared(folder: Path) -> PreparedSet:
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{folder} is not a prepared set: {MANIFEST_FILE} is missing; "
                                 "run the preparation (fer-studio prepare) first")
-    info = json.loads((folder / SETTINGS_FILE).read_text())
-    manifest = pd.read_csv(manifest_path, dtype={"subject": "string", "source_id": "string"},
-                           keep_default_na=False, na_values=[""])
-    faces_path = folder / FACES_FILE
-    faces = pd.read_csv(faces_path) if faces_path.stat().st_size > 1 else pd.DataFrame()
-    report = pd.read_csv(folder / REPORT_FILE)
+    try:
+        info = json.loads((folder / SETTINGS_FILE).read_text())
+        manifest = pd.read_csv(manifest_path, dtype={"subject": "string", "source_id": "string"},
+                               keep_default_na=False, na_values=[""])
+        faces_path = folder / FACES_FILE
+        faces = pd.read_csv(faces_path) if faces_path.stat().st_size > 1 else pd.DataFrame()
+        report = pd.read_csv(folder / REPORT_FILE)
+        settings = PrepareSettings.from_dict(info["settings"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{folder} is a damaged prepared set ({type(error).__name__}: {error}); delete the "
+                         "folder and run the preparation again, which rebuilds it from the data set") from error
     return PreparedSet(
         folder=folder,
         manifest=manifest,
         report=report,
         faces=faces,
-        settings=PrepareSettings.from_dict(info["settings"]),
+        settings=settings,
         dataset_name=info.get("dataset", ""),
         info=info,
     )

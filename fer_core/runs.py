@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -51,6 +52,8 @@ MODELS_DIR = "models"
 TRACKED_PACKAGES = ("torch", "torchvision", "facenet-pytorch", "numpy", "scikit-learn", "pandas", "pillow")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GIT_TIMEOUT_SECONDS = 5
+# Columns of predictions.csv besides one prob_<class> column per class.
+PREDICTION_COLUMNS = ("image", "source_id", "subject", "label", "mask_type", "fold", "predicted")
 RUN_LIST_COLUMNS = ["run_id", "status", "dataset", "backbone", "protocol", "started", "duration_seconds",
                     "accuracy", "problem"]
 
@@ -73,9 +76,14 @@ def _now() -> datetime:
 def write_json_atomic(path: Path, payload: object) -> None:
     """Write JSON to a temporary file in the same folder, then move it into place."""
     path = Path(path)
+    text = json.dumps(payload, indent=2, allow_nan=False, default=str)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, allow_nan=False, default=str), encoding="utf-8")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _read_json(path: Path) -> dict:
@@ -117,10 +125,15 @@ def create_run(runs_root: Path, settings: "TrainSettings", now: datetime | None 
     if run_dir is None:
         raise FileExistsError(f"could not find a free run id under {runs_root} for {now:%Y%m%d-%H%M%S}")
 
-    write_json_atomic(run_dir / SETTINGS_FILE, settings_values)
-    write_json_atomic(run_dir / PROVENANCE_FILE, provenance)
-    write_json_atomic(run_dir / STATUS_FILE, {"state": RunState.QUEUED.value, "created_at": _now().isoformat(
-        timespec="seconds"), "started_at": None, "finished_at": None, "error": None})
+    try:
+        write_json_atomic(run_dir / SETTINGS_FILE, settings_values)
+        write_json_atomic(run_dir / PROVENANCE_FILE, provenance)
+        write_json_atomic(run_dir / STATUS_FILE, {"state": RunState.QUEUED.value, "created_at": _now().isoformat(
+            timespec="seconds"), "started_at": None, "finished_at": None, "error": None})
+    except BaseException:
+        # The folder was created above and contains only these files, so a half-made run leaves nothing behind.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     logger.info("created run %s", run_dir)
     return run_dir
 
@@ -250,6 +263,9 @@ def list_runs(runs_root: Path) -> pd.DataFrame:
     accuracy and problem (None for a healthy folder).
     """
     runs_root = Path(runs_root)
+    if runs_root.exists() and not runs_root.is_dir():
+        raise NotADirectoryError(f"{runs_root} is a file, but runs are kept in a folder of that name; "
+                                 "move the file away")
     if not runs_root.is_dir():
         return pd.DataFrame(columns=RUN_LIST_COLUMNS)
 
@@ -404,9 +420,17 @@ def load_predictions(run_dir: Path) -> pd.DataFrame:
     path = Path(run_dir) / PREDICTIONS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; no fold of this run has finished yet")
-    text_columns = {column: "string" for column in
-                    ("image", "source_id", "subject", "label", "mask_type", "fold", "predicted")}
-    return pd.read_csv(path, dtype=text_columns, keep_default_na=False, na_values=[""])
+    text_columns = {column: "string" for column in PREDICTION_COLUMNS}
+    try:
+        predictions = pd.read_csv(path, dtype=text_columns, keep_default_na=False, na_values=[""])
+    except ValueError as error:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is not a readable CSV file ({error}); restore it from a backup "
+                         "or train a new run") from error
+    missing = [column for column in PREDICTION_COLUMNS if column not in predictions.columns]
+    if missing:
+        raise ValueError(f"{path} lacks the columns {missing}; found {list(predictions.columns)}. "
+                         "Restore it from a backup or train a new run")
+    return predictions
 
 
 def fold_of_image(run_dir: Path, image: str | Path) -> str:

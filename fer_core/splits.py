@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import enum
 import logging
+import numbers
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -52,6 +54,34 @@ MANIFEST_FILE = "manifest.csv"
 REQUIRED_COLUMNS = ("image", "source_id", "subject", "label", "mask_type")
 # Examples listed in error messages, so a message stays one readable line.
 EXAMPLES_SHOWN = 5
+
+
+# Validation shared by the settings dataclasses (SplitSettings here, TrainSettings, PrepareSettings).
+ChoiceT = TypeVar("ChoiceT", bound=enum.Enum)
+
+
+def parse_choice(kind: type[ChoiceT], value: object, name: str) -> ChoiceT:
+    """Return `value` as a member of the enum `kind`; raise ValueError naming the setting and its choices."""
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(str(member.value) for member in kind)
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}") from None
+
+
+def check_whole_number(name: str, value: object, *, optional: bool = False) -> None:
+    """Raise ValueError unless `value` is an integer (a bool is not), or None when `optional`."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        expected = "a whole number or None" if optional else "a whole number"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def check_real_number(name: str, value: object) -> None:
+    """Raise ValueError unless `value` is a real number (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
 
 
 class PiScheme(str, enum.Enum):
@@ -85,10 +115,13 @@ class SplitSettings:
     include_unmasked: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "protocol", Protocol(self.protocol))
-        object.__setattr__(self, "pi_scheme", PiScheme(self.pi_scheme))
-        mask_types = tuple(dict.fromkeys(MaskType(m) for m in self.train_mask_types))
+        object.__setattr__(self, "protocol", parse_choice(Protocol, self.protocol, "protocol"))
+        object.__setattr__(self, "pi_scheme", parse_choice(PiScheme, self.pi_scheme, "pi_scheme"))
+        mask_types = tuple(dict.fromkeys(parse_choice(MaskType, m, "train_mask_types") for m in self.train_mask_types))
         object.__setattr__(self, "train_mask_types", mask_types)
+        check_whole_number("folds", self.folds)
+        check_whole_number("seed", self.seed)
+        check_real_number("test_fraction", self.test_fraction)
 
         if MaskType.NONE in mask_types:
             raise ValueError("train_mask_types lists only masked copies "
@@ -137,7 +170,12 @@ def read_manifest(prepared_dir: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"{path} not found; prepare the data set first (fer-studio prepare)")
 
     text_columns = {column: "string" for column in ("image", "source_id", "subject", "label", "mask_type")}
-    manifest = pd.read_csv(path, dtype=text_columns, keep_default_na=False, na_values=[""])
+    try:
+        # index_col=False keeps a row with an extra field from shifting every column by one.
+        manifest = pd.read_csv(path, dtype=text_columns, keep_default_na=False, na_values=[""], index_col=False)
+    except ValueError as error:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is not a readable CSV file ({error}); delete {path.parent} and run the "
+                         "preparation again (fer-studio prepare), which rebuilds it") from error
     check_manifest(manifest, source=str(path))
     return manifest.reset_index(drop=True)
 

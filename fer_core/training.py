@@ -19,8 +19,10 @@ import enum
 import hashlib
 import json
 import logging
+import math
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -51,7 +53,16 @@ from fer_core.constants import (
 )
 from fer_core.models import build_model, describe_device, find_weights_file, get_spec, pick_device
 from fer_core.runs import MODELS_DIR, PREDICTIONS_FILE, SETTINGS_FILE, TRAINING_FILE
-from fer_core.splits import Fold, PiScheme, SplitSettings, make_folds, read_manifest
+from fer_core.splits import (
+    Fold,
+    PiScheme,
+    SplitSettings,
+    check_real_number,
+    check_whole_number,
+    make_folds,
+    parse_choice,
+    read_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +81,7 @@ class OptimizerKind(str, enum.Enum):
 EVENTS_FILE = "events.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 DEVICES = ("auto", "cpu", "cuda")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 # Smallest input size accepted; every registered backbone runs at 64 px, InceptionResnetV1
 # from about 80 px.
 MIN_INPUT_SIZE = 32
@@ -114,12 +126,13 @@ class TrainSettings:
     optimizer: OptimizerKind = OptimizerKind.SGD
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "optimizer", OptimizerKind(self.optimizer))
+        object.__setattr__(self, "optimizer", parse_choice(OptimizerKind, self.optimizer, "optimizer"))
         object.__setattr__(self, "prepared_dir", Path(self.prepared_dir))
         object.__setattr__(self, "backbone", get_spec(self.backbone).backbone)
-        object.__setattr__(self, "protocol", Protocol(self.protocol))
-        object.__setattr__(self, "pi_scheme", PiScheme(self.pi_scheme))
-        object.__setattr__(self, "train_mask_types", tuple(MaskType(m) for m in self.train_mask_types))
+        object.__setattr__(self, "protocol", parse_choice(Protocol, self.protocol, "protocol"))
+        object.__setattr__(self, "pi_scheme", parse_choice(PiScheme, self.pi_scheme, "pi_scheme"))
+        object.__setattr__(self, "train_mask_types", tuple(parse_choice(MaskType, m, "train_mask_types")
+                                                           for m in self.train_mask_types))
         if self.weights_dir is not None:
             object.__setattr__(self, "weights_dir", Path(self.weights_dir))
         self._check_numbers()
@@ -127,10 +140,19 @@ class TrainSettings:
         self.split_settings()
 
     def _check_numbers(self) -> None:
+        for name in ("batch_size", "seed", "folds", "num_workers"):
+            check_whole_number(name, getattr(self, name))
+        for name in ("epochs", "max_folds", "input_size"):
+            check_whole_number(name, getattr(self, name), optional=True)
+        for name in ("learning_rate", "test_fraction", "momentum"):
+            check_real_number(name, getattr(self, name))
+        if not isinstance(self.device, str):
+            raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {self.device!r}")
+
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be a positive finite number, got {self.learning_rate}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be at least 2 (batch normalisation needs two images), "
                              f"got {self.batch_size}")
@@ -143,8 +165,8 @@ class TrainSettings:
             raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.device.split(":")[0] not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES} or cuda:N, got {self.device!r}")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ValueError(f"device must be one of {DEVICES} or cuda:N with a GPU number N, got {self.device!r}")
 
     @property
     def resolved_epochs(self) -> int:
@@ -239,17 +261,21 @@ def class_names(manifest: pd.DataFrame) -> list[str]:
 
 
 def drop_unreadable_images(manifest: pd.DataFrame, prepared_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Remove rows whose PNG is missing or has no readable header; return the rows and the dropped paths."""
+    """Remove rows whose image is missing, truncated or corrupt; return the rows and the dropped paths.
+
+    One damaged crop would otherwise stop training in the middle of a fold.
+    """
     readable = []
     dropped = []
     for relative in manifest["image"].astype(str):
         path = Path(prepared_dir) / relative
         try:
-            # Opening reads and checks only the header; decoding waits for training.
-            with Image.open(path):
-                pass
+            # verify() reads every chunk and checks its CRC without decoding the pixels, so it
+            # catches truncated and damaged PNGs at about the cost of opening them.
+            with Image.open(path) as image:
+                image.verify()
             readable.append(True)
-        except (OSError, UnidentifiedImageError):
+        except (OSError, SyntaxError, ValueError, UnidentifiedImageError):
             readable.append(False)
             dropped.append(relative)
     if dropped:
@@ -307,14 +333,22 @@ def read_events(run_dir: Path) -> list[dict]:
 def _atomic_torch_save(payload: object, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _rng_state() -> dict:
