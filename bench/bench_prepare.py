@@ -52,7 +52,7 @@ def stage_cpu_times(folder: Path, count: int = 40) -> dict[str, float]:
     from fer_core.faces import FaceAnalyzer
     from fer_core.images import read_image
     from fer_core.masks import MaskStyle, render_mask
-    from fer_core.prepare import PNG_PARAMS, _crop_face
+    from fer_core.prepare import PNG_PARAMS, crop_face
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -67,7 +67,7 @@ def stage_cpu_times(folder: Path, count: int = 40) -> dict[str, float]:
         read_done = time.process_time()
         detection = analyzer.analyze(loaded.rgb)
         detect_done = time.process_time()
-        crop, landmarks, _ = _crop_face(loaded.rgb, detection, 0.15, 256)
+        crop, landmarks, _ = crop_face(loaded.rgb, detection, 0.15, 256)
         crop_done = time.process_time()
         masked = [render_mask(crop, landmarks, m, MaskStyle(seed=1), greyscale=True).image for m in MaskType.drawn()]
         masks_done = time.process_time()

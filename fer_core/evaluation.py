@@ -420,9 +420,25 @@ def _report_lines(metrics: dict) -> str:
                      f"{_decimal(values.get('specificity')):>11} {_decimal(values.get('f1')):>6} "
                      f"{_decimal(values.get('auc')):>6} {values.get('support', '?'):>6}")
     lines.append("")
+    lines.extend(_confusion_lines(metrics.get("confusion") or {}))
+    lines.append("")
     lines.append("Accuracy per mask type: " + ", ".join(
         f"{name} {_percent(values.get('accuracy'))}" for name, values in (metrics.get("by_mask_type") or {}).items()))
     return "\n".join(lines)
+
+
+def _confusion_lines(confusion: dict) -> list[str]:
+    """Format the confusion counts as a table: one row per true class, one column per prediction."""
+    labels = confusion.get("labels") or []
+    counts = confusion.get("counts") or []
+    if not labels or len(counts) != len(labels):
+        return ["Confusion matrix: n/a"]
+    width = max(8, *(len(str(label)) for label in labels))
+    lines = ["Confusion matrix (rows: true class, columns: predicted class)",
+             " " * (width + 1) + " ".join(f"{label:>{width}}" for label in labels)]
+    for label, row in zip(labels, counts):
+        lines.append(f"{label:<{width}} " + " ".join(f"{count:>{width}}" for count in row))
+    return lines
 
 
 def _percent(value: object) -> str:

@@ -31,7 +31,7 @@ import pandas as pd
 from fer_core.constants import CROP_SIZE, MaskType
 from fer_core.datasets import DatasetTable
 from fer_core.faces import FaceAnalyzer, FaceDetection, FaceSelection, NoFaceError, face_crop_box
-from fer_core.images import ImageReadError, read_image
+from fer_core.images import ImageReadError, LoadedImage, read_image
 from fer_core.masks import MaskStyle, render_mask
 from fer_core.paths import prepared_root
 from fer_core.splits import check_real_number, check_whole_number, parse_choice
@@ -39,7 +39,7 @@ from fer_core.splits import check_real_number, check_whole_number, parse_choice
 logger = logging.getLogger(__name__)
 
 # Bump when the pipeline's output changes for the same settings, so old caches are not reused.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 MANIFEST_FILE = "manifest.csv"
 FACES_FILE = "faces.csv"
 REPORT_FILE = "report.csv"
@@ -160,8 +160,17 @@ def prepared_folder(table: DatasetTable, settings: PrepareSettings, output_root:
 
 
 def _safe_file_stem(source_id: str) -> str:
-    """Turn a source id such as "neutral/001_03" into a file name that keeps every dot."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", source_id.replace("/", "__"))
+    """Turn a source id such as "neutral/001_03" into a file name that keeps every dot.
+
+    Ids made of letters, digits, "_", ".", "-" and single "/" map one to one. Any other id
+    gets a hash suffix, because replacing its characters could give two ids the same name,
+    and one crop would overwrite the other.
+    """
+    stem = source_id.replace("/", "__")
+    if "__" in source_id or re.search(r"[^A-Za-z0-9_./-]", source_id):
+        digest = hashlib.sha256(source_id.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        stem = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', stem)}-{digest}"
+    return stem
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,9 +189,13 @@ def _init_worker(selection: str) -> None:
     _worker_analyzer = FaceAnalyzer(selection=FaceSelection(selection))
 
 
-def _crop_face(rgb: np.ndarray, detection: FaceDetection, margin: float,
+def crop_face(rgb: np.ndarray, detection: FaceDetection, margin: float,
                crop_size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
-    """Cut the square face box (padding with the border colour where it leaves the image)."""
+    """Cut the square face box, padded with the edge pixels where it leaves the image.
+
+    Returns the crop at `crop_size` pixels, the landmarks in crop pixels and the box in
+    image pixels. Uploaded photographs go through this too, so they match prepared sets.
+    """
     x1, y1, x2, y2 = face_crop_box(detection, margin)
     height, width = rgb.shape[:2]
     pad_left, pad_top = max(0, -x1), max(0, -y1)
@@ -249,7 +262,26 @@ def _process_source(task: _SourceTask, settings: PrepareSettings, work_folder: P
     except NoFaceError as error:
         record["report"].append({"path": task.path, "stage": "detect", "reason": str(error)})
         return record
+    except (ValueError, RuntimeError, cv2.error) as error:
+        logger.exception("face analysis failed on %s", task.path)
+        record["report"].append({"path": task.path, "stage": "detect",
+                                 "reason": f"face analysis failed ({error}); check the photograph"})
+        return record
 
+    try:
+        _add_crops(record, task, loaded, detection, settings, work_folder)
+    except (ValueError, RuntimeError, cv2.error) as error:
+        logger.exception("masking or cropping failed on %s", task.path)
+        record["rows"] = []
+        record["face"] = None
+        record["report"].append({"path": task.path, "stage": "mask",
+                                 "reason": f"masking or cropping failed ({error}); check the photograph"})
+    return record
+
+
+def _add_crops(record: dict, task: _SourceTask, loaded: LoadedImage, detection: FaceDetection,
+               settings: PrepareSettings, work_folder: Path) -> None:
+    """Crop the face, draw each mask type, write the PNGs and fill the record's rows."""
     if detection.face_count > 1:
         record["report"].append({
             "path": task.path, "stage": "detect",
@@ -263,7 +295,7 @@ def _process_source(task: _SourceTask, settings: PrepareSettings, work_folder: P
                       "pixels there, so check it or leave the photograph out",
         })
 
-    crop, landmarks, crop_box = _crop_face(loaded.rgb, detection, settings.margin, settings.crop_size)
+    crop, landmarks, crop_box = crop_face(loaded.rgb, detection, settings.margin, settings.crop_size)
     record["face"] = {
         "source_id": task.source_id,
         "path": task.path,
@@ -299,7 +331,6 @@ def _process_source(task: _SourceTask, settings: PrepareSettings, work_folder: P
             "coverage": settings.coverage if mask_type is not MaskType.NONE else 0.0,
             **task.metadata,
         })
-    return record
 
 
 def _process_chunk(tasks: Sequence[_SourceTask], settings: PrepareSettings, work_folder: Path) -> list[dict]:
@@ -360,12 +391,19 @@ def _run_tasks(tasks: list[_SourceTask], settings: PrepareSettings, work_folder:
     done = done_before
 
     if settings.workers == 1 or len(tasks) < 4:
-        _init_worker(settings.selection.value)
-        for chunk in _chunks(tasks, 8):
-            records.extend(_process_chunk(chunk, settings, work_folder))
-            done += len(chunk)
-            if progress:
-                progress(done, total)
+        import torch
+
+        # _init_worker sets one thread for this process; the caller's setting comes back after.
+        threads = torch.get_num_threads()
+        try:
+            _init_worker(settings.selection.value)
+            for chunk in _chunks(tasks, 8):
+                records.extend(_process_chunk(chunk, settings, work_folder))
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+        finally:
+            torch.set_num_threads(threads)
         return records
 
     # Small chunks keep the progress bar moving and the two workers evenly loaded.

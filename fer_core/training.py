@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from fer_core import runs
+from fer_core.evaluation import evaluate_run
 from fer_core.constants import (
     AUGMENT_ROTATION_DEGREES,
     AUGMENT_TRANSLATION_PIXELS,
@@ -82,8 +83,8 @@ EVENTS_FILE = "events.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
-# Smallest input size accepted; every registered backbone runs at 64 px, InceptionResnetV1
-# from about 80 px.
+# Smallest input size accepted for any backbone; each backbone's own minimum
+# (models.BackboneSpec.min_input_size) is checked as well.
 MIN_INPUT_SIZE = 32
 
 StopCallback = Callable[[], bool]
@@ -161,6 +162,10 @@ class TrainSettings:
         if self.input_size is not None and self.input_size < MIN_INPUT_SIZE:
             raise ValueError(f"input_size must be at least {MIN_INPUT_SIZE} pixels or None "
                              f"(the backbone's), got {self.input_size}")
+        spec = get_spec(self.backbone)
+        if self.input_size is not None and self.input_size < spec.min_input_size:
+            raise ValueError(f"input_size must be at least {spec.min_input_size} pixels for "
+                             f"{spec.display_name}, got {self.input_size}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be 0 or more, got {self.num_workers}")
         if not 0 <= self.momentum < 1:
@@ -792,6 +797,9 @@ def _write_fold_outputs(run: _Run, fold: Fold, model: nn.Module, probabilities: 
     accuracy = float((predictions["predicted"] == predictions["label"]).mean())
     append_event(run.run_dir, "fold_end", fold=fold.name, test_images=len(predictions), test_accuracy=accuracy)
     logger.info("fold %s finished: test accuracy %.4f on %d images", fold.name, accuracy, len(predictions))
+    # Metrics over the folds finished so far, so a long PI run shows results while it trains
+    # and a cancelled or failed run keeps them.
+    evaluate_run(run.run_dir)
 
 
 def _replace_fold_predictions(path: Path, fold_name: str, predictions: pd.DataFrame) -> None:
@@ -811,8 +819,6 @@ def _replace_fold_predictions(path: Path, fold_name: str, predictions: pd.DataFr
 
 
 def _finish_run(run: _Run) -> dict:
-    from fer_core.evaluation import evaluate_run
-
     metrics = evaluate_run(run.run_dir)
     accuracy = metrics.get("accuracy")
     append_event(run.run_dir, "run_end", status=runs.RunState.SUCCEEDED.value, accuracy=accuracy,

@@ -276,3 +276,11 @@ def test_report_text(evaluated: tuple[Path, dict]) -> None:
     report = format_report(evaluated[0])
     assert "Accuracy 62.5%" in report
     assert "(incomplete)" in report
+
+
+def test_report_shows_confusion_matrix(evaluated: tuple[Path, dict]) -> None:
+    report = format_report(evaluated[0])
+    labels = evaluated[1]["confusion"]["labels"]
+
+    assert "Confusion matrix (rows: true class, columns: predicted class)" in report
+    assert all(label in report.split("Confusion matrix")[1] for label in labels)

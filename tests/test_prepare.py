@@ -15,7 +15,14 @@ from PIL import Image
 from fer_core.constants import MOUTH, NOSE_TIP, MaskType
 from fer_core.datasets import DatasetKind, DatasetSpec, load_dataset
 from fer_core.faces import FaceAnalyzer
-from fer_core.prepare import PrepareSettings, list_prepared, load_prepared, prepare_dataset, prepared_folder
+from fer_core.prepare import (
+    PrepareSettings,
+    _safe_file_stem,
+    list_prepared,
+    load_prepared,
+    prepare_dataset,
+    prepared_folder,
+)
 
 SUBJECTS = ("001", "002", "003", "004")
 
@@ -247,3 +254,28 @@ def test_pool_safe_in_threaded_process(london_root: Path, tmp_path: Path):
 
     assert not worker.is_alive()
     assert len(outcome["prepared"].faces) == 6
+
+
+def test_file_stems_never_collide():
+    ids = ["happy/img 1", "happy/img_1", "happy/a/b", "happy/a__b", "happy/café", "happy/caf_"]
+
+    stems = {_safe_file_stem(source_id) for source_id in ids}
+
+    assert len(stems) == len(ids)
+
+
+def test_plain_ids_keep_readable_stems():
+    assert _safe_file_stem("neutral/KA.AN1.39") == "neutral__KA.AN1.39"
+
+
+def test_similar_names_get_separate_crops(london_root: Path, tmp_path: Path):
+    root = tmp_path / "set"
+    (root / "happy").mkdir(parents=True)
+    shutil.copy(london_root / "smiling" / "024_08.jpg", root / "happy" / "img 1.jpg")
+    shutil.copy(london_root / "smiling" / "025_08.jpg", root / "happy" / "img_1.jpg")
+    table = load_dataset(DatasetSpec(kind=DatasetKind.FOLDER, root=root, name="similar"))
+
+    prepared = prepare_dataset(table, PrepareSettings(workers=1, mask_types=(MaskType.NONE,)),
+                               output_root=tmp_path / "prepared")
+
+    assert prepared.manifest["image"].nunique() == 2

@@ -308,6 +308,8 @@ def test_resume_matches_uninterrupted(tmp_path: Path, small_prepared_dir: Path) 
     first = train(settings, resumed, should_stop=stop_after_epochs(resumed, 3))
     assert first["status"] == "cancelled"
     assert runs.read_status(resumed)["state"] == "cancelled"
+    partial_metrics = json.loads((resumed / "metrics.json").read_text())
+    assert partial_metrics["folds_evaluated"] == ["fold-01"]
     second = train(settings, resumed)
     assert second["status"] == "succeeded"
 
@@ -436,3 +438,8 @@ def test_missing_weights_named(tmp_path: Path, small_prepared_dir: Path, offline
     assert str(offline_torch_home / "hub" / "checkpoints") in message
     assert spec.weights_url in message
     assert runs.read_status(run_dir)["error"].startswith("WeightsNotFoundError")
+
+
+def test_input_below_backbone_minimum_rejected(prepared_dir: Path) -> None:
+    with pytest.raises(ValueError, match="at least 64 pixels for AlexNet"):
+        quick_settings(prepared_dir, backbone="alexnet", input_size=48)

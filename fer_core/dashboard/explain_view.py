@@ -52,7 +52,7 @@ from fer_core.faces import FaceDetection
 from fer_core.jobs import JobSpec, JobStatus, get_runner
 from fer_core.masks import MaskStyle, mask_outline, render_mask
 from fer_core.prepare import SETTINGS_FILE as PREPARED_SETTINGS_FILE
-from fer_core.prepare import PrepareSettings, _crop_face
+from fer_core.prepare import PrepareSettings, crop_face
 from fer_core.training import read_events
 
 logger = logging.getLogger(__name__)
@@ -261,9 +261,8 @@ def face_from_photo(rgb: np.ndarray, detection: FaceDetection, name: str, mask_t
     An unmasked face gets the outline of OUTLINE_MASK_TYPE without drawing it, so its
     attribution can still be split into the upper face, the mask region and the rest.
     """
-    # NOTE: prepare._crop_face is private; it is used so that uploads are cropped exactly as
-    # the prepared sets that the models trained on.
-    pixels, landmarks, _ = _crop_face(rgb, detection, crop.margin, crop.crop_size)
+    # Uploads are cropped exactly as the prepared sets that the models trained on.
+    pixels, landmarks, _ = crop_face(rgb, detection, crop.margin, crop.crop_size)
     mask_type = MaskType(mask_type)
     if mask_type is MaskType.NONE:
         polygon = mask_outline(landmarks, OUTLINE_MASK_TYPE, coverage)
