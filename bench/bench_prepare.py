@@ -33,6 +33,7 @@ def make_jaffe_like_set(folder: Path, count: int) -> None:
     sources = sorted((london / "neutral").glob("*.jpg")) + sorted((london / "smiling").glob("*.jpg"))
     for index in range(count):
         source = sources[index % len(sources)]
+        # NOTE: beyond 204 images the photographs repeat, and the loader drops exact duplicates.
         subject = JAFFE_SUBJECTS[index % len(JAFFE_SUBJECTS)]
         code = JAFFE_CODES[index % len(JAFFE_CODES)]
         grey = Image.open(source).convert("L").resize((256, 256), Image.LANCZOS)
@@ -97,8 +98,13 @@ def main() -> None:
         table = load_dataset(DatasetSpec(kind=DatasetKind.JAFFE, root=data_folder, name="bench"))
         loaded = time.perf_counter()
         settings = PrepareSettings(workers=args.workers)
-        prepared = prepare_dataset(table, settings, output_root=Path(scratch) / "prepared")
+        ticks: list[tuple[float, int]] = []
+        prepared = prepare_dataset(table, settings, output_root=Path(scratch) / "prepared",
+                                   progress=lambda done, total: ticks.append((time.perf_counter(), done)))
         finished = time.perf_counter()
+        # From the first finished chunk to the last: the rate once the workers have started.
+        working = [tick for tick in ticks if tick[1] > 0]
+        steady_rate = (working[-1][1] - working[0][1]) / (working[-1][0] - working[0][0])
 
         cached_start = time.perf_counter()
         prepare_dataset(table, settings, output_root=Path(scratch) / "prepared")
@@ -114,6 +120,7 @@ def main() -> None:
           f"{len(table.frame) / (loaded - started):.1f} |")
     print(f"| prepare (detect, landmarks, 4 masks + unmasked, crop, write) | {len(table.frame)} | "
           f"{len(prepared.manifest)} | {prepare_seconds:.2f} | {len(table.frame) / prepare_seconds:.1f} |")
+    print(f"| prepare, after the workers have started | - | - | - | {steady_rate:.1f} |")
     print(f"| rerun on the cache | {len(table.frame)} | 0 | {cached_seconds:.2f} | - |")
     print(f"faces found: {len(prepared.faces)} of {len(table.frame)}; report entries: {len(prepared.report)}")
     print(f"load average during the run: {os.getloadavg()[0]:.1f}")

@@ -93,8 +93,8 @@ def _command_datasets(args: argparse.Namespace) -> int:
 
     specs = available_datasets(artifacts_root())
     if not specs:
-        print("No data sets found. Run 'fer-studio fetch-london', or add one with "
-              "'fer-studio add-dataset'.")
+        print("No data sets found. Set FER_STUDIO_LONDON_DIR to a copy of the London faces, run "
+              "'fer-studio fetch-london', or add a data set with 'fer-studio add-dataset'.")
         return 0
     for spec in specs:
         try:
@@ -126,7 +126,10 @@ def _command_add_dataset(args: argparse.Namespace) -> int:
 def _command_fetch_london(args: argparse.Namespace) -> int:
     from fer_core.datasets import fetch_london
 
-    folder = fetch_london(args.target.expanduser().resolve())
+    from fer_core.paths import artifacts_root
+
+    target = args.target if args.target is not None else artifacts_root() / "data" / "london_faces"
+    folder = fetch_london(target.expanduser().resolve())
     print(f"London faces ready in {folder}. Credit: DeBruine & Jones (2017), Face Research Lab London Set, "
           "CC BY 4.0. Set FER_STUDIO_LONDON_DIR to that folder if it is not the default location.")
     return 0
@@ -172,7 +175,9 @@ def _command_preview(args: argparse.Namespace) -> int:
     from fer_core.masks import MaskStyle
     from fer_core.prepare import preview_masks
 
-    out = args.out.expanduser()
+    from fer_core.paths import artifacts_root
+
+    out = args.out.expanduser() if args.out is not None else artifacts_root() / "preview"
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file; give a folder for the output PNGs")
 
@@ -295,7 +300,20 @@ def _command_evaluate(args: argparse.Namespace) -> int:
 def _command_show(args: argparse.Namespace) -> int:
     from fer_core.evaluation import format_report
 
+    from fer_core.runs import read_status
+
     run_dir = _find_run(args.run)
+    try:
+        status = read_status(run_dir)
+    except (FileNotFoundError, ValueError) as error:
+        logger.warning("reading the status of %s failed: %s", run_dir, error)
+        status = {}
+    state = status.get("state", "unknown")
+    if not (run_dir / "metrics.json").is_file():
+        reason = f": {status['error']}" if status.get("error") else ""
+        raise CommandError(f"run {run_dir.name} has no results yet; it is {state}{reason}")
+    if state != "succeeded":
+        print(f"Run state: {state}" + (f" ({status['error']})" if status.get("error") else ""))
     print(format_report(run_dir))
     return 0
 
@@ -338,8 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     adding.set_defaults(handler=_command_add_dataset)
 
     fetching = commands.add_parser("fetch-london", help="download the London faces (needs internet)")
-    fetching.add_argument("--target", type=Path, default=Path("artifacts/data/london_faces"),
-                          help="folder to download into (default: artifacts/data/london_faces)")
+    fetching.add_argument("--target", type=Path, default=None,
+                          help="folder to download into (default: data/london_faces in the artifacts folder, "
+                               "where the product looks for it)")
     fetching.set_defaults(handler=_command_fetch_london)
 
     preparing = commands.add_parser("prepare", help="detect, mask and crop every face of a data set (cached)")
@@ -361,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     previewing = commands.add_parser("preview", help="draw the four mask types on one photograph")
     previewing.add_argument("image", type=Path, help="photograph to mask")
-    previewing.add_argument("--out", type=Path, default=Path("artifacts/preview"),
-                            help="folder for the output PNGs (default: artifacts/preview)")
+    previewing.add_argument("--out", type=Path, default=None,
+                            help="folder for the output PNGs (default: preview in the artifacts folder)")
     previewing.add_argument("--coverage", type=float, default=0.6, help="mask coverage from 0 to 1 (default: 0.6)")
     previewing.add_argument("--seed", type=int, default=0, help="seed for colours and patterns (default: 0)")
     previewing.set_defaults(handler=_command_preview)

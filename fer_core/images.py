@@ -243,6 +243,13 @@ def _channels_equal(rgb: np.ndarray) -> bool:
     return bool(np.array_equal(rgb[:, :, 0], rgb[:, :, 1]) and np.array_equal(rgb[:, :, 1], rgb[:, :, 2]))
 
 
+def _current_umask() -> int:
+    # os.umask can only be read by setting it; restore it at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
     """Write bytes to a temporary file in the target folder, then rename it into place.
 
@@ -256,6 +263,8 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
+            # mkstemp creates the file readable by its owner only; give it the usual mode.
+            os.fchmod(stream.fileno(), 0o666 & ~_current_umask())
             os.fsync(stream.fileno())
         os.replace(temporary_name, path)
     except BaseException:

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-LONDON_ROOT = Path(os.environ.get("FER_STUDIO_LONDON_DIR", REPO_ROOT.parent / "shared" / "data" / "london_faces"))
+from fer_core.datasets import default_london_root
 
 
 @pytest.fixture(scope="session")
 def london_root() -> Path:
-    """Return the London faces folder; the suite needs the real photographs."""
-    if not (LONDON_ROOT / "neutral").is_dir():
-        pytest.fail(f"London faces not found at {LONDON_ROOT}; set FER_STUDIO_LONDON_DIR to a copy")
-    return LONDON_ROOT
+    """Return the London faces folder, found as the product finds it; the suite needs the real photographs."""
+    root = default_london_root()
+    if root is None or not (root / "neutral").is_dir():
+        pytest.fail("London faces not found: set FER_STUDIO_LONDON_DIR to a copy, place them in "
+                    "../shared/data/london_faces beside the project, or run 'fer-studio fetch-london'")
+    return root
 
 
 @pytest.fixture()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,15 @@ def test_write_rejects_float(tmp_path: Path, face: np.ndarray) -> None:
     with pytest.raises(ValueError, match="uint8"):
         write_image_atomic(tmp_path / "face.png", face.astype(np.float32))
     assert not any(tmp_path.iterdir())
+
+
+def test_written_png_has_usual_mode(tmp_path):
+    path = write_image_atomic(tmp_path / "out.png", np.zeros((8, 8), dtype=np.uint8))
+
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask_now()
+
+
+def _umask_now() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
