@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -466,6 +467,16 @@ def prepare_dataset(table: DatasetTable, settings: PrepareSettings = PrepareSett
     photographs without a face are listed in the report and never stop the run.
     """
     folder = prepared_folder(table, settings, output_root)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # One preparation per folder at a time: a second process with the same data and settings
+    # (the CLI beside a dashboard job) waits here and then finds the finished cache.
+    with open(folder.with_name(folder.name + ".lock"), "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        return _prepare_locked(table, settings, folder, progress)
+
+
+def _prepare_locked(table: DatasetTable, settings: PrepareSettings, folder: Path,
+                    progress: ProgressCallback | None) -> PreparedSet:
     if (folder / MANIFEST_FILE).is_file():
         logger.info("prepared set for %s found in cache at %s", table.name, folder)
         if progress:

@@ -130,6 +130,9 @@ def mistakes_tab(run_dir: Path, settings: dict, dataset: str) -> None:
     except FileNotFoundError as error:
         st.info(str(error))
         return
+    except ValueError as error:
+        st.error(str(error))
+        return
     mask_names = ["all"] + figures.order_mask_types(predictions["mask_type"].astype(str).unique())
     chosen = st.selectbox("Mask type", mask_names, key="results-mistake-mask",
                           format_func=lambda m: "unmasked" if m == MaskType.NONE.value else m)

@@ -208,6 +208,9 @@ def _faces_table(run: RunInfo) -> pd.DataFrame | None:
     except FileNotFoundError as error:
         st.info(f"Run {run.run_id} has no test predictions yet: {error}")
         return None
+    except ValueError as error:
+        st.error(f"The test predictions of run {run.run_id} cannot be read: {error}")
+        return None
     if run.prepared_dir is None or not (run.prepared_dir / "manifest.csv").is_file():
         st.error(f"The prepared set of run {run.run_id} ({run.prepared_dir}) was moved or deleted, so its test "
                  "images cannot be shown. Prepare the data set again with the same settings, or upload a photo.")
@@ -275,7 +278,8 @@ def explain_selected(selected: list[RunInfo], face: Face, request: ExplainReques
 
         try:
             predictions = cache.run_predictions(run.run_dir)
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):
+            # Without readable predictions the face is explained with the run's first fold model.
             predictions = None
         try:
             with st.spinner(f"Explaining the face with {run.title}..."):

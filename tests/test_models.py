@@ -173,3 +173,8 @@ def test_min_input_size_runs(backbone: Backbone):
 
     with torch.no_grad():
         assert model(torch.zeros(2, 3, size, size)).shape == (2, 2)
+
+
+def test_malformed_device_rejected():
+    with pytest.raises(ValueError, match="cuda:x"):
+        pick_device("cuda:x")

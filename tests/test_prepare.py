@@ -279,3 +279,25 @@ def test_similar_names_get_separate_crops(london_root: Path, tmp_path: Path):
                                output_root=tmp_path / "prepared")
 
     assert prepared.manifest["image"].nunique() == 2
+
+
+@pytest.mark.timeout(300)
+def test_concurrent_preparations_share_result(london_root: Path, tmp_path: Path):
+    import threading
+
+    root = _make_folder_set(london_root, tmp_path / "set", subjects=("026", "027"))
+    table = _folder_table(root)
+    results = []
+
+    def prepare_once() -> None:
+        results.append(prepare_dataset(table, PrepareSettings(workers=1), output_root=tmp_path / "prepared"))
+
+    threads = [threading.Thread(target=prepare_once) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+
+    assert len(results) == 2
+    assert results[0].folder == results[1].folder
+    assert len(results[1].manifest) == 4 * len(MaskType)
