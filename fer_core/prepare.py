@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,6 +386,23 @@ def _chunks(tasks: list[_SourceTask], size: int) -> list[list[_SourceTask]]:
     return [tasks[start:start + size] for start in range(0, len(tasks), size)]
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Choose how to start worker processes.
+
+    Forking a process whose other threads may hold locks (a Streamlit server) can hang the
+    child, so such a process gets workers from a fresh forkserver, which costs a new import of
+    this module (about 3 to 5 s with PyTorch). A single-threaded caller such as the command
+    line forks directly; the workers then load their models after the fork.
+    """
+    if os.name == "posix" and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 def _run_tasks(tasks: list[_SourceTask], settings: PrepareSettings, work_folder: Path,
                progress: ProgressCallback | None, done_before: int, total: int) -> list[dict]:
     """Process tasks in a pool of `settings.workers` processes, or inline for one worker."""
@@ -409,13 +427,7 @@ def _run_tasks(tasks: list[_SourceTask], settings: PrepareSettings, work_folder:
 
     # Small chunks keep the progress bar moving and the two workers evenly loaded.
     chunk_size = max(2, min(16, len(tasks) // (settings.workers * 8) or 2))
-    # Forking a process whose threads hold locks (a Streamlit server, a loaded MTCNN) can hang
-    # the child, so workers come from a fresh forkserver that imports this module once.
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-    else:
-        context = multiprocessing.get_context("spawn")
+    context = _pool_context()
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=settings.workers, mp_context=context,
         initializer=_init_worker, initargs=(settings.selection.value,),
