@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
 from fer_core.constants import MaskType, Protocol
+from fer_core.files import write_csv_atomic
 from fer_core.runs import (
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -306,8 +306,8 @@ def evaluate_run(run_dir: Path) -> dict:
     metrics = {**header, **metrics}
 
     write_json_atomic(run_dir / METRICS_FILE, metrics)
-    _write_csv_atomic(pd.DataFrame(metrics["folds"]["table"]), run_dir / FOLDS_FILE)
-    _write_csv_atomic(confusion_frame(metrics["confusion"]), run_dir / CONFUSION_FILE)
+    write_csv_atomic(pd.DataFrame(metrics["folds"]["table"]), run_dir / FOLDS_FILE)
+    write_csv_atomic(confusion_frame(metrics["confusion"]), run_dir / CONFUSION_FILE)
     logger.info("evaluated %s: accuracy %.4f over %d images in %d fold(s)", run_dir.name, metrics["accuracy"],
                 metrics["n_images"], len(evaluated))
     return metrics
@@ -376,16 +376,6 @@ def _manifest_or_none(prepared_dir: Path) -> pd.DataFrame | None:
     except (FileNotFoundError, ValueError) as error:
         logger.warning("metrics by gender, ethnicity and age are skipped: %s", error)
         return None
-
-
-def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        frame.to_csv(temporary, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def format_report(run_dir: Path) -> str:

@@ -15,13 +15,14 @@ import errno
 import logging
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fer_core import files
 
 logger = logging.getLogger(__name__)
 
@@ -243,34 +244,9 @@ def _channels_equal(rgb: np.ndarray) -> bool:
     return bool(np.array_equal(rgb[:, :, 0], rgb[:, :, 1]) and np.array_equal(rgb[:, :, 1], rgb[:, :, 2]))
 
 
-def _current_umask() -> int:
-    # os.umask can only be read by setting it; restore it at once.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
-    """Write bytes to a temporary file in the target folder, then rename it into place.
-
-    Readers therefore see either the old file or the complete new one, never a part.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    handle, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            # mkstemp creates the file readable by its owner only; give it the usual mode.
-            os.fchmod(stream.fileno(), 0o666 & ~_current_umask())
-            os.fsync(stream.fileno())
-        os.replace(temporary_name, path)
-    except BaseException:
-        Path(temporary_name).unlink(missing_ok=True)
-        raise
-    return path
+    """Write bytes atomically and flush them to disk before the rename."""
+    return files.write_bytes_atomic(path, data, fsync=True)
 
 
 def write_image_atomic(path: Path | str, rgb: np.ndarray) -> Path:

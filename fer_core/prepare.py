@@ -32,6 +32,7 @@ import pandas as pd
 
 from fer_core.constants import CROP_SIZE, MaskType
 from fer_core.datasets import DatasetTable
+from fer_core.files import atomic_path, write_csv_atomic, write_json_atomic
 from fer_core.faces import FaceAnalyzer, FaceDetection, FaceSelection, NoFaceError, face_crop_box
 from fer_core.images import ImageReadError, LoadedImage, read_image
 from fer_core.masks import MaskStyle, render_mask
@@ -219,24 +220,9 @@ def _write_png(path: Path, rgb: np.ndarray, greyscale: bool) -> None:
         pixels = rgb[:, :, 0]
     else:
         pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
+    with atomic_path(path) as temporary:
         if not cv2.imwrite(str(temporary), pixels, PNG_PARAMS):
-            raise OSError(f"could not write {temporary}; check free disk space and permissions")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _write_json_atomic(path: Path, payload: object) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(payload, indent=1, default=str))
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+            raise OSError(f"could not write {path}; check free disk space and permissions")
 
 
 def _fraction_outside(box: tuple[float, float, float, float], shape: tuple[int, ...]) -> float:
@@ -339,7 +325,7 @@ def _process_chunk(tasks: Sequence[_SourceTask], settings: PrepareSettings, work
     records = []
     for task in tasks:
         record = _process_source(task, settings, work_folder)
-        _write_json_atomic(work_folder / "records" / f"{_safe_file_stem(task.source_id)}.json", record)
+        write_json_atomic(work_folder / "records" / f"{_safe_file_stem(task.source_id)}.json", record, indent=1)
         records.append(record)
     return records
 
@@ -460,16 +446,6 @@ def _tables_from_records(records: list[dict], table: DatasetTable) -> tuple[pd.D
     return manifest, faces_frame, report_frame
 
 
-def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        frame.to_csv(temporary, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def prepare_dataset(table: DatasetTable, settings: PrepareSettings = PrepareSettings(),
                     output_root: Path | None = None,
                     progress: ProgressCallback | None = None) -> PreparedSet:
@@ -522,10 +498,10 @@ def _prepare_locked(table: DatasetTable, settings: PrepareSettings, folder: Path
     current_ids = {task.source_id for task in tasks}
     records = [r for r in finished.values() if r["source_id"] in current_ids] + new_records
     manifest, faces, report = _tables_from_records(records, table)
-    _write_csv_atomic(manifest, work_folder / MANIFEST_FILE)
-    _write_csv_atomic(faces, work_folder / FACES_FILE)
-    _write_csv_atomic(report, work_folder / REPORT_FILE)
-    _write_json_atomic(work_folder / SETTINGS_FILE, {
+    write_csv_atomic(manifest, work_folder / MANIFEST_FILE)
+    write_csv_atomic(faces, work_folder / FACES_FILE)
+    write_csv_atomic(report, work_folder / REPORT_FILE)
+    write_json_atomic(work_folder / SETTINGS_FILE, {
         "dataset": table.name,
         "dataset_kind": table.kind.value,
         "dataset_root": str(table.root),

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from fer_core.files import write_json_atomic
 from fer_core.models import build_model, describe_device, get_spec, pick_device
 
 if TYPE_CHECKING:
@@ -71,19 +72,6 @@ class RunState(str, enum.Enum):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def write_json_atomic(path: Path, payload: object) -> None:
-    """Write JSON to a temporary file in the same folder, then move it into place."""
-    path = Path(path)
-    text = json.dumps(payload, indent=2, allow_nan=False, default=str)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _read_json(path: Path) -> dict:

@@ -42,6 +42,7 @@ from torchvision.transforms import v2
 
 from fer_core import runs
 from fer_core.evaluation import evaluate_run
+from fer_core.files import atomic_path, write_text_atomic
 from fer_core.constants import (
     AUGMENT_ROTATION_DEGREES,
     AUGMENT_TRANSLATION_PIXELS,
@@ -337,23 +338,8 @@ def read_events(run_dir: Path) -> list[dict]:
 
 def _atomic_torch_save(payload: object, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as temporary:
         torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _rng_state() -> dict:
@@ -507,7 +493,7 @@ def _check_settings_file(settings: TrainSettings, run_dir: Path) -> None:
     """Write settings.json, or check that an existing one matches the settings."""
     path = run_dir / SETTINGS_FILE
     if not path.is_file():
-        _atomic_write_text(path, json.dumps(settings.to_dict(), indent=2))
+        write_text_atomic(path, json.dumps(settings.to_dict(), indent=2))
         return
     stored = TrainSettings.from_dict(json.loads(path.read_text(encoding="utf-8")))
     if stored.to_dict() != settings.to_dict():
@@ -577,7 +563,7 @@ def _check_training_record(run_dir: Path, settings: TrainSettings, manifest: pd.
             raise ValueError(f"the prepared set {settings.prepared_dir} or its split changed since {run_dir} "
                              "started (classes or fold contents differ); start a new run")
         return
-    _atomic_write_text(path, json.dumps(record, indent=2))
+    write_text_atomic(path, json.dumps(record, indent=2))
 
 
 # ---------------------------------------------------------------------------------------------
