@@ -1,4 +1,4 @@
-"""Where the product keeps its outputs.
+"""Locations of the product's outputs.
 
 Everything the tool writes (prepared sets, runs, jobs, decoded data sets, the data set
 registry) lives under one artifacts folder, git-ignored. FER_STUDIO_ARTIFACTS overrides

@@ -376,9 +376,9 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     """Choose how to start worker processes.
 
     Forking a process whose other threads may hold locks (a Streamlit server) can hang the
-    child, so such a process gets workers from a fresh forkserver, which costs a new import of
-    this module (about 3 to 5 s with PyTorch). A single-threaded caller such as the command
-    line forks directly; the workers then load their models after the fork.
+    child. Such a process therefore gets workers from a fresh forkserver, which costs a new
+    import of this module (about 3 to 5 s with PyTorch). A single-threaded caller such as the
+    command line forks directly, and the workers load their models after the fork.
     """
     if os.name == "posix" and threading.active_count() == 1:
         return multiprocessing.get_context("fork")

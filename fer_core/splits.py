@@ -10,7 +10,7 @@ per mask type). A sound split keeps all copies of a photograph on one side:
   copies of one test photograph then land in training, which inflates accuracy. It exists
   only to measure that inflation.
 
-Which mask types the model trains on is a setting applied to the training side only; the
+Which mask types the model trains on is a setting applied to the training side only. The
 test side keeps every mask type and the unmasked copies, so results per mask type exist.
 
 >>> manifest = pd.DataFrame({

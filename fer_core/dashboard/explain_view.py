@@ -1,4 +1,4 @@
-"""What the Explain page computes: faces, per-run CAM and LIME maps, the exported grid and summaries.
+"""Computations behind the Explain page: faces, per-run CAM and LIME maps, the exported grid, summaries.
 
 Plain Python (numpy, pandas, Plotly, PIL and the explanation engine) without Streamlit, so the
 page only draws. A face is a prepared test crop of a run or an uploaded photograph, cropped the way
