@@ -403,7 +403,9 @@ def test_dashboard_train_flow(page: Page, dashboard: Dashboard, face_folder: Pat
     expect(main.get_by_text("No run is queued or running.")).to_be_visible(timeout=TRAIN_FINISH_MS)
     assert run_state(run_dir) == "succeeded"
     assert epochs_recorded(run_dir) == list(range(1, EPOCHS + 1))
-    assert get_runner(dashboard.jobs).list_jobs()[-1].state is JobState.SUCCEEDED
+    # The run records its end before the job's process has exited, so wait for the job record.
+    runner = get_runner(dashboard.jobs)
+    assert runner.wait(runner.list_jobs()[-1].job_id, timeout=60).state is JobState.SUCCEEDED
 
     # Results: the confusion matrix and the per-class precision of the finished run.
     page.get_by_role("link", name="Results", exact=True).click()
