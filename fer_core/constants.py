@@ -45,6 +45,25 @@ class Protocol(str, enum.Enum):
     LEAKY = "leaky"
 
 
+class LifecycleState(str, enum.Enum):
+    """State of a background job and of the run it trains; both go through the same life cycle.
+
+    INTERRUPTED marks work whose process died while it was running.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_final(self) -> bool:
+        """True when the work has ended and its state no longer changes."""
+        return self not in (LifecycleState.QUEUED, LifecycleState.RUNNING)
+
+
 class Emotion(str, enum.Enum):
     """Canonical emotion labels; every data set loader maps its own codes to these."""
 

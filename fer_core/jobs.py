@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import fcntl
 import functools
 import json
@@ -52,6 +51,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from fer_core.constants import LifecycleState
+
 logger = logging.getLogger(__name__)
 
 LOG_FILE_NAME = "job.log"
@@ -68,20 +69,8 @@ _MODULE_PATTERN = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 
 
-class JobState(str, enum.Enum):
-    """Life-cycle state of a job."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"
-
-    @property
-    def is_final(self) -> bool:
-        """True when the job has ended and its state no longer changes."""
-        return self not in (JobState.QUEUED, JobState.RUNNING)
+# Jobs and runs share one state enum; JobState is its name in the job runner's API.
+JobState = LifecycleState
 
 
 RESUMABLE_STATES = frozenset({JobState.INTERRUPTED, JobState.FAILED, JobState.CANCELLED})
@@ -461,7 +450,7 @@ class _JobRecord:
 
 # Run states that a job's end must replace: a job cancelled in the queue, or one that died
 # before its program recorded anything, would otherwise leave its run "queued" or "running".
-_UNFINISHED_RUN_STATES = frozenset({"queued", "running"})
+_UNFINISHED_RUN_STATES = frozenset({JobState.QUEUED.value, JobState.RUNNING.value})
 
 
 def _sync_run_status(run_dir: Path, state: JobState, error: str | None) -> None:

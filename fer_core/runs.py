@@ -13,7 +13,6 @@ A run folder `<runs root>/<run id>/` holds:
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import importlib.metadata
 import json
@@ -34,6 +33,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from fer_core.constants import LifecycleState
 from fer_core.files import write_json_atomic
 from fer_core.models import build_model, describe_device, get_spec, pick_device
 
@@ -59,15 +59,7 @@ RUN_LIST_COLUMNS = ["run_id", "status", "dataset", "backbone", "protocol", "star
                     "accuracy", "problem"]
 
 
-class RunState(str, enum.Enum):
-    """Life cycle of a run. INTERRUPTED marks a run whose process died while it was running."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"
+RunState = LifecycleState
 
 
 def _now() -> datetime:

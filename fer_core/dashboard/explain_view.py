@@ -47,7 +47,7 @@ from fer_core.explain import (
 )
 from fer_core.explain.common import model_device, predict_probabilities, preserved_state, to_input_tensor
 from fer_core.explain.lime_explainer import DEFAULT_LIME_SAMPLES, DEFAULT_SEGMENT_COUNT, ProgressCallback
-from fer_core.explain.run_explanations import EXPLANATIONS_FOLDER, TrainedModelLike
+from fer_core.explain.run_explanations import EXPLANATIONS_FOLDER, ModelLoader
 from fer_core.faces import FaceDetection
 from fer_core.jobs import JobSpec, JobStatus, get_runner
 from fer_core.masks import MaskStyle, mask_outline, render_mask
@@ -404,9 +404,6 @@ class MapMemo:
         return value
 
 
-ModelLoader = Callable[[str | None], TrainedModelLike]
-
-
 def tested_fold(run: RunInfo, face: Face, predictions: pd.DataFrame | None) -> str | None:
     """Return the finished fold whose test data held this crop, or None when no fold of the run tested it."""
     if face.image is None or face.prepared_dir is None or run.prepared_dir is None or predictions is None:
@@ -424,7 +421,7 @@ def _same_folder(first: Path, second: Path) -> bool:
     return os.path.abspath(first) == os.path.abspath(second) or Path(first).resolve() == Path(second).resolve()
 
 
-def class_probabilities(trained: TrainedModelLike, rgb: np.ndarray) -> np.ndarray:
+def class_probabilities(trained: runs.TrainedModel, rgb: np.ndarray) -> np.ndarray:
     """Return the model's class probabilities for one uint8 face crop."""
     with preserved_state(trained.model):
         trained.model.eval()
@@ -497,7 +494,7 @@ def _map_or_error(memo: MapMemo, key: Hashable, compute: Callable[[], np.ndarray
         return None, f"{method} failed: {error}"
 
 
-def _compute_map(run: RunInfo, face: Face, trained: TrainedModelLike, settings: ExplainSettings, label: int,
+def _compute_map(run: RunInfo, face: Face, trained: runs.TrainedModel, settings: ExplainSettings, label: int,
                  tested: bool, progress: ProgressCallback | None) -> np.ndarray:
     if tested:
         # The engine caches maps of test crops on disk, shared with the batch job.

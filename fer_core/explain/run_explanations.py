@@ -16,12 +16,10 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from fer_core import runs
 from fer_core.constants import MaskType
@@ -46,19 +44,8 @@ REQUIRED_COLUMNS = ("image", "label", "predicted", "mask_type", "fold")
 POLYGON_DONORS = tuple(mask_type.value for mask_type in MaskType.drawn())
 
 
-class TrainedModelLike(Protocol):
-    """Trained fold with the fields that the explainers read; `runs.TrainedModel` qualifies."""
-
-    model: nn.Module
-    backbone: str
-    classes: list[str]
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    fold: str
-
-
-ModelLoader = Callable[[str | None], TrainedModelLike]
+# Loads the model of a fold by name; None means the run's first finished fold.
+ModelLoader = Callable[[str | None], runs.TrainedModel]
 
 
 @dataclass(frozen=True)
@@ -138,7 +125,7 @@ def _has_points(polygon: object) -> bool:
     return isinstance(polygon, str) and polygon.strip() not in ("", "[]")
 
 
-def explain_images(trained: TrainedModelLike, images: Sequence[np.ndarray], labels: Sequence[int],
+def explain_images(trained: runs.TrainedModel, images: Sequence[np.ndarray], labels: Sequence[int],
                    settings: ExplainSettings, progress: ProgressCallback | None = None) -> list[dict[str, np.ndarray]]:
     """Explain uint8 images with a trained fold and return each image's arrays at its own resolution.
 
@@ -158,7 +145,7 @@ def explain_images(trained: TrainedModelLike, images: Sequence[np.ndarray], labe
     return [{"heatmap": resize_map(heatmap, image.shape[:2])} for heatmap, image in zip(maps, images)]
 
 
-def _lime_arrays(trained: TrainedModelLike, image: np.ndarray, label: int, settings: ExplainSettings,
+def _lime_arrays(trained: runs.TrainedModel, image: np.ndarray, label: int, settings: ExplainSettings,
                  progress: ProgressCallback | None) -> dict[str, np.ndarray]:
     result = explain_lime(trained.model, trained, image, label, samples=settings.samples,
                           segmentation=settings.segmentation, n_segments=settings.n_segments, seed=settings.seed,
@@ -166,12 +153,12 @@ def _lime_arrays(trained: TrainedModelLike, image: np.ndarray, label: int, setti
     return {"heatmap": result.weights, "segments": result.segments, "probabilities": result.probabilities}
 
 
-def _stack_inputs(images: Sequence[np.ndarray], trained: TrainedModelLike, device: torch.device) -> torch.Tensor:
+def _stack_inputs(images: Sequence[np.ndarray], trained: runs.TrainedModel, device: torch.device) -> torch.Tensor:
     return torch.cat([to_input_tensor(image, trained, device) for image in images])
 
 
 def explain_run_image(run_dir: Path | str, image: str | Path, settings: ExplainSettings,
-                      label: int | str | None = None, trained: TrainedModelLike | None = None,
+                      label: int | str | None = None, trained: runs.TrainedModel | None = None,
                       progress: ProgressCallback | None = None) -> Explanation:
     """Explain one test image of a run with the model of the fold that tested it, using the cache.
 
@@ -242,7 +229,7 @@ def _resolve_label(label: int | str | None, record: dict[str, object], classes: 
     return check_label(label, len(classes))
 
 
-def _cache_file(cache_dir: Path, image_path: Path, trained: TrainedModelLike, label: int,
+def _cache_file(cache_dir: Path, image_path: Path, trained: runs.TrainedModel, label: int,
                 settings: ExplainSettings) -> Path:
     # NOTE: the key names the fold, not its weights file, so retraining a run in place
     # would need the cache folder deleted.
@@ -298,7 +285,7 @@ class _Item:
     arrays: dict[str, np.ndarray] | None = None
 
 
-def _explain_rows(chunk: pd.DataFrame, trained: TrainedModelLike, prepared_dir: Path, settings: ExplainSettings,
+def _explain_rows(chunk: pd.DataFrame, trained: runs.TrainedModel, prepared_dir: Path, settings: ExplainSettings,
                   cache_dir: Path) -> list[dict[str, object]]:
     rows, items = [], []
     for record in chunk.to_dict("records"):
@@ -326,7 +313,7 @@ def _explain_rows(chunk: pd.DataFrame, trained: TrainedModelLike, prepared_dir: 
     return rows
 
 
-def _base_row(record: dict[str, object], trained: TrainedModelLike, settings: ExplainSettings) -> dict[str, object]:
+def _base_row(record: dict[str, object], trained: runs.TrainedModel, settings: ExplainSettings) -> dict[str, object]:
     row = {column: record.get(column) for column in
            ("image", "source_id", "subject", "label", "predicted", "mask_type", "fold", "polygon_source")}
     row.update(backbone=trained.backbone, method=settings.method_name, layer=settings.layer_for(trained.backbone),
@@ -334,7 +321,7 @@ def _base_row(record: dict[str, object], trained: TrainedModelLike, settings: Ex
     return row
 
 
-def _fill_maps(items: list[_Item], trained: TrainedModelLike, settings: ExplainSettings) -> None:
+def _fill_maps(items: list[_Item], trained: runs.TrainedModel, settings: ExplainSettings) -> None:
     for item in items:
         item.arrays = load_arrays(item.cache)
     pending = [item for item in items if item.arrays is None]
@@ -347,7 +334,7 @@ def _fill_maps(items: list[_Item], trained: TrainedModelLike, settings: ExplainS
         save_arrays(item.cache, arrays)
 
 
-def _add_faithfulness(items: list[_Item], trained: TrainedModelLike, settings: ExplainSettings) -> None:
+def _add_faithfulness(items: list[_Item], trained: runs.TrainedModel, settings: ExplainSettings) -> None:
     size = (int(trained.input_size), int(trained.input_size))
     inputs = _stack_inputs([item.rgb for item in items], trained, model_device(trained.model))
     heatmaps = np.stack([resize_map(item.arrays["heatmap"], size) for item in items])
@@ -391,7 +378,7 @@ def explain_test_set(run_dir: Path | str, settings: ExplainSettings,
     manifest = read_manifest(prepared_dir)
     table = attach_polygons(predictions, manifest)
 
-    def load_model(fold: str | None) -> TrainedModelLike:
+    def load_model(fold: str | None) -> runs.TrainedModel:
         return runs.load_trained_model(run_dir, fold=fold, device=settings.device)
 
     result = explain_table(table, prepared_dir, load_model, settings,
