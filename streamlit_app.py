@@ -29,7 +29,7 @@ def build_navigation() -> dict[str, list[st.Page]]:
     return {
         "Start": [st.Page("pages/1_home.py", title="Home", icon=":material/home:", default=True)],
         "Data": [
-            st.Page("pages/2_mask_preview.py", url_path="mask-preview", title="Mask preview", icon=":material/face:"),
+            st.Page("pages/2_mask_preview.py", url_path="mask_preview", title="Mask preview", icon=":material/face:"),
             st.Page("pages/3_datasets.py", url_path="datasets", title="Data sets", icon=":material/photo_library:"),
         ],
         "Experiments": experiments,

@@ -315,7 +315,7 @@ def build_shots(runs: RunChoice, settings: ShotSettings) -> list[Shot]:
     results_query = f"?run={runs.results}" if runs.results else ""
     shots = [
         Shot("1_home", "", "Masked FER Studio"),
-        Shot("2_mask_preview", "mask-preview", "Mask preview", fill_mask_preview),
+        Shot("2_mask_preview", "mask_preview", "Mask preview", fill_mask_preview),
         Shot("3_datasets", "datasets", "Data sets", fill_datasets),
         Shot("4_train", "train", "Train", fill_train),
         Shot("5_runs", "runs", "Runs"),
