@@ -4,8 +4,8 @@ LIME switches superpixels off at random, queries the model for class probabiliti
 perturbed copy and fits a weighted linear model. Each superpixel's coefficient is its signed
 contribution to the explained class. Two traps of lime 0.2 are handled here:
 `random_seed` only seeds the segmentation, so every call builds a fresh explainer with
-`random_state=seed`; and asking for a label outside `top_labels` raises KeyError, so the
-label is passed explicitly with `top_labels=None`.
+`random_state=seed`. Asking for a label outside `top_labels` raises KeyError, so the label
+is passed explicitly with `top_labels=None`.
 """
 
 from __future__ import annotations

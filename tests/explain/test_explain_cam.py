@@ -163,8 +163,8 @@ def test_cam_frozen_backbone_maps(faces, method):
 
 def test_cam_squeezenet_dead_class_nonzero(faces):
     model = tiny_model(Backbone.SQUEEZENET)
-    # The registry drops torchvision's ReLU on the class scores; put it back, as in a
-    # SqueezeNet built elsewhere, to check the explainer reads the scores before it.
+    # The registry drops torchvision's ReLU on the class scores. Put it back, as in a
+    # SqueezeNet built elsewhere, to check that the explainer reads the scores before it.
     model.classifier[2] = torch.nn.ReLU(inplace=True)
     with torch.no_grad():
         # Class 1's score map is then negative everywhere, so the final ReLU outputs 0.
